@@ -1,0 +1,9 @@
+-- Output table campaign_daily (SPEC §4).
+-- Input: attributed_events. Grain: utm_source, utm_medium, utm_campaign,
+-- utm_content, utm_term, device_type, country. Sorted by the grain.
+SELECT
+  utm_source, utm_medium, utm_campaign, utm_content, utm_term, device_type, country,
+{{METRICS}}
+FROM attributed_events
+GROUP BY utm_source, utm_medium, utm_campaign, utm_content, utm_term, device_type, country
+ORDER BY utm_source, utm_medium, utm_campaign, utm_content, utm_term, device_type, country

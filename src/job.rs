@@ -1,0 +1,365 @@
+//! One run of the job: for each report date, the stages in order
+//! (discover input, check rules, register, compute, stage, commit).
+
+use crate::cli::Attribution;
+use crate::engine;
+use crate::error::{one_line, Error, Result};
+use crate::input::{self, InputSet};
+use crate::output::{self, Manifest, TableOutput};
+use crate::queries::{self, fill};
+use crate::rules::Rules;
+use crate::storage::Location;
+use chrono::{NaiveDate, Utc};
+use datafusion::arrow::array::{Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{lit, DataFrame, SessionContext};
+use datafusion::scalar::ScalarValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::info;
+
+/// Everything one invocation of `convmart run` needs.
+pub struct JobConfig {
+    pub input: Location,
+    pub output: Location,
+    pub first_date: NaiveDate,
+    pub last_date: NaiveDate,
+    pub rules: Rules,
+    pub lookback_days: u32,
+    pub attribution: Attribution,
+    pub memory_limit: Option<usize>,
+    pub max_rejected_ratio: Option<f64>,
+}
+
+/// What a finished date reports back (also printed by the CLI).
+pub struct DateSummary {
+    pub manifest: Manifest,
+    pub manifest_location: String,
+}
+
+pub async fn run(cfg: &JobConfig) -> Result<Vec<DateSummary>> {
+    let mut done = Vec::new();
+    for date in cfg
+        .first_date
+        .iter_days()
+        .take_while(|d| *d <= cfg.last_date)
+    {
+        done.push(run_date(cfg, date).await?);
+    }
+    Ok(done)
+}
+
+fn new_run_id(started: chrono::DateTime<Utc>) -> String {
+    // Unique enough across machines: time to the second, plus pid and nanos.
+    let nanos = started.timestamp_subsec_nanos() as u64;
+    let salt = (nanos ^ ((std::process::id() as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!("{}-{:08x}", started.format("%Y%m%dT%H%M%SZ"), salt >> 32)
+}
+
+fn date_param(d: NaiveDate) -> ScalarValue {
+    let days = (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32;
+    ScalarValue::Date32(Some(days))
+}
+
+/// Maps a query failure: data problems met while reading (exit 65), storage
+/// (exit 75), anything else internal.
+pub fn query_error(stage: &str, e: DataFusionError) -> Error {
+    let e = e.strip_backtrace();
+    let text = one_line(&e);
+    let lower = text.to_lowercase();
+    if lower.contains("object store")
+        || lower.contains("objectstore")
+        || lower.contains("connection")
+        || lower.contains("error sending request")
+    {
+        Error::storage(format!("stage {stage}"), text)
+    } else if lower.contains("parquet") || lower.contains("cast") || lower.contains("arrow error") {
+        Error::DataLimit(format!("while computing {stage}: {text}"))
+    } else {
+        Error::internal(stage, text)
+    }
+}
+
+async fn sql(
+    ctx: &SessionContext,
+    stage: &str,
+    text: &str,
+    params: Vec<ScalarValue>,
+) -> Result<DataFrame> {
+    let df = ctx.sql(text).await.map_err(|e| query_error(stage, e))?;
+    if params.is_empty() {
+        Ok(df)
+    } else {
+        df.with_param_values(params)
+            .map_err(|e| query_error(stage, e))
+    }
+}
+
+async fn view(
+    ctx: &SessionContext,
+    name: &str,
+    text: &str,
+    params: Vec<ScalarValue>,
+) -> Result<()> {
+    let df = sql(ctx, name, text, params).await?;
+    ctx.register_table(name, df.into_view())
+        .map_err(|e| Error::internal(name, e))?;
+    Ok(())
+}
+
+fn rules_table(rules: &Rules) -> Result<MemTable> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("rule_index", DataType::Int64, false),
+        Field::new("conversion_name", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(1..=rules.rules.len() as i64)),
+            Arc::new(StringArray::from_iter_values(
+                rules.rules.iter().map(|r| r.name.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rules.rules.iter().map(|r| r.kind.as_str()),
+            )),
+        ],
+    )
+    .map_err(|e| Error::internal("rules table", e))?;
+    MemTable::try_new(schema, vec![vec![batch]]).map_err(|e| Error::internal("rules table", e))
+}
+
+/// Registers every stage view; `attributed_events` is computed once and kept in memory.
+async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) -> Result<()> {
+    ctx.register_table("conversion_rules", Arc::new(rules_table(&cfg.rules)?))
+        .map_err(|e| Error::internal("rules table", e))?;
+    let lookback_us = ScalarValue::Int64(Some(cfg.lookback_days as i64 * 86_400 * 1_000_000));
+    view(ctx, "checked_events", queries::CHECKED_EVENTS, vec![]).await?;
+    let valid = fill(
+        queries::VALID_EVENTS,
+        &[
+            ("RULE_INDEX", &cfg.rules.rule_index_sql()),
+            ("RULE_VALUE", &cfg.rules.rule_value_sql("rule_index")),
+        ],
+    );
+    view(ctx, "valid_events", &valid, vec![]).await?;
+    view(ctx, "survivors", queries::SURVIVORS, vec![]).await?;
+    view(
+        ctx,
+        "report_events",
+        queries::REPORT_EVENTS,
+        vec![date_param(date)],
+    )
+    .await?;
+    let last_touch = sql(
+        ctx,
+        "last_touch",
+        queries::LAST_TOUCH,
+        vec![lookback_us.clone()],
+    )
+    .await?;
+    let last_touch = match cfg.attribution {
+        Attribution::LastTouch => last_touch,
+        // Same columns, no rows: every non-touch event is direct.
+        Attribution::Event => last_touch
+            .filter(lit(false))
+            .map_err(|e| Error::internal("last_touch", e))?,
+    };
+    ctx.register_table("last_touch", last_touch.into_view())
+        .map_err(|e| Error::internal("last_touch", e))?;
+    view(ctx, "assisted", queries::ASSISTED, vec![lookback_us]).await?;
+    let started = Instant::now();
+    let attributed = sql(ctx, "attributed_events", queries::ATTRIBUTED_EVENTS, vec![])
+        .await?
+        .cache()
+        .await
+        .map_err(|e| query_error("attributed_events", e))?;
+    ctx.register_table("attributed_events", attributed.into_view())
+        .map_err(|e| Error::internal("attributed_events", e))?;
+    info!(
+        stage = "attribute",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "events of the report date classified and attributed"
+    );
+    Ok(())
+}
+
+fn table_query(table: &str) -> String {
+    let metrics = queries::SUMMARY_METRICS
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    match table {
+        "campaign_daily" => fill(queries::CAMPAIGN_DAILY, &[("METRICS", &metrics)]),
+        "dimension_summary" => fill(queries::DIMENSION_SUMMARY, &[("METRICS", &metrics)]),
+        "conversions_by_name" => queries::CONVERSIONS_BY_NAME.to_string(),
+        "rejected_events" => queries::REJECTED_EVENTS.to_string(),
+        other => unreachable!("unknown table {other}"),
+    }
+}
+
+async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
+    let started_at = Utc::now();
+    let run_id = new_run_id(started_at);
+    let first = date - chrono::Days::new(cfg.lookback_days as u64);
+    info!(stage = "start", date = %date, run_id = %run_id, input = %cfg.input.display, output = %cfg.output.display, "run started");
+
+    let t = Instant::now();
+    let input: InputSet = input::discover(&cfg.input, first, date).await?;
+    if !input.has_date(date) {
+        return Err(Error::NoInput {
+            date: date.to_string(),
+            message: format!(
+                "no .parquet file under {}; nothing was written",
+                cfg.input
+                    .describe(&cfg.input.child(&input::partition_dir(date)))
+            ),
+        });
+    }
+    info!(
+        stage = "discover",
+        files = input.files.len(),
+        rows = input.rows(),
+        bytes = input.bytes(),
+        partitions = input.dates().len(),
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "input found and checked"
+    );
+    cfg.rules.check_against(&input.schema)?;
+
+    let ctx = engine::session(cfg.memory_limit)?;
+    cfg.output.register(&ctx);
+    engine::register_input(&ctx, &cfg.input, &input).await?;
+    build_stages(&ctx, cfg, date).await?;
+
+    let result = stage_and_commit(&ctx, cfg, date, &run_id, started_at, input).await;
+    if result.is_err() {
+        output::remove_staging(&cfg.output, &run_id).await;
+    }
+    result
+}
+
+async fn stage_and_commit(
+    ctx: &SessionContext,
+    cfg: &JobConfig,
+    date: NaiveDate,
+    run_id: &str,
+    started_at: chrono::DateTime<Utc>,
+    input: InputSet,
+) -> Result<DateSummary> {
+    let mut tables = BTreeMap::new();
+    let mut rejected_rows = BTreeMap::new();
+    for table in output::TABLES {
+        let t = Instant::now();
+        let params = if table == "rejected_events" {
+            vec![date_param(date)]
+        } else {
+            vec![]
+        };
+        let df = sql(ctx, table, &table_query(table), params).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let written = output::stage_table(&cfg.output, run_id, table, date, df, schema).await?;
+        info!(
+            stage = "write",
+            table,
+            rows = written.rows,
+            bytes = written.bytes,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "table staged"
+        );
+        tables.insert(
+            table.to_string(),
+            TableOutput {
+                rows: written.rows,
+                files: vec![written],
+            },
+        );
+    }
+    for reason in [
+        "missing_event_id",
+        "missing_event_type",
+        "missing_event_time",
+    ] {
+        rejected_rows.insert(reason.to_string(), 0u64);
+    }
+    let counts = sql(ctx, "rejected counts",
+        "SELECT reject_reason, count(*) AS n FROM checked_events WHERE event_date = $1 AND reject_reason IS NOT NULL GROUP BY reject_reason",
+        vec![date_param(date)]).await?.collect().await.map_err(|e| query_error("rejected counts", e))?;
+    for batch in &counts {
+        let reasons = batch.column(0).as_any().downcast_ref::<StringArray>();
+        let ns = batch.column(1).as_any().downcast_ref::<Int64Array>();
+        if let (Some(reasons), Some(ns)) = (reasons, ns) {
+            for i in 0..batch.num_rows() {
+                rejected_rows.insert(reasons.value(i).to_string(), ns.value(i) as u64);
+            }
+        }
+    }
+    let rows_of_d: u64 = input
+        .files
+        .iter()
+        .filter(|f| f.date == date)
+        .map(|f| f.rows)
+        .sum();
+    let rejected_total: u64 = rejected_rows.values().sum();
+    if let Some(max) = cfg.max_rejected_ratio {
+        let ratio = if rows_of_d == 0 {
+            0.0
+        } else {
+            rejected_total as f64 / rows_of_d as f64
+        };
+        if ratio > max {
+            return Err(Error::DataLimit(format!(
+                "{rejected_total} of {rows_of_d} rows of {date} are rejected ({:.4}), more than --max-rejected-ratio {max}; nothing was written",
+                ratio
+            )));
+        }
+    }
+    let stats = sql(ctx, "input_stats", queries::INPUT_STATS, vec![])
+        .await?
+        .collect()
+        .await
+        .map_err(|e| query_error("input_stats", e))?;
+    let duplicates_dropped = stats
+        .first()
+        .and_then(|b| {
+            b.column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0) as u64;
+
+    let manifest = Manifest {
+        job: "convmart",
+        version: env!("CARGO_PKG_VERSION"),
+        run_id: run_id.to_string(),
+        event_date: date.to_string(),
+        rules_hash: cfg.rules.hash.clone(),
+        rules_source: cfg.rules.source.clone(),
+        lookback_days: cfg.lookback_days,
+        attribution: cfg.attribution.as_str(),
+        input: cfg.input.display.clone(),
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        finished_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        rows_read: input.rows(),
+        bytes_read: input.bytes(),
+        input_files: input.files,
+        duplicates_dropped,
+        rejected_rows,
+        tables,
+    };
+    let removed = output::publish(&cfg.output, date, &manifest).await?;
+    let manifest_location = cfg
+        .output
+        .describe(&output::manifest_path(&cfg.output, date));
+    info!(stage = "commit", date = %date, run_id = %run_id, manifest = %manifest_location, replaced_files = removed, "date committed");
+    Ok(DateSummary {
+        manifest,
+        manifest_location,
+    })
+}

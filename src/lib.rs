@@ -1,0 +1,15 @@
+//! convmart: raw ad-event Parquet -> hard/soft conversion summary tables.
+//!
+//! The binary (`src/main.rs`) is a thin shell over these modules, one per stage.
+
+pub mod cli;
+pub mod commands;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod input;
+pub mod job;
+pub mod output;
+pub mod queries;
+pub mod rules;
+pub mod storage;
