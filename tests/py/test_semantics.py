@@ -14,6 +14,7 @@ import re
 import shutil
 import tomllib
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -1031,3 +1032,96 @@ def test_attribution_flag_accepts_spec_spelling_last_touch(tmp_path):
     run_ok(LOOKBACK, b, *L2, "--attribution", "last_touch")
     assert_rows(read_table(b, "campaign_daily", D), LOOKBACK_CAMPAIGN_DAILY)
     assert manifest(b, D)["attribution"] == "last_touch"
+
+
+# =========================================================================== small inline inputs
+# A few rules need one odd file; these inputs are written by the test itself.
+
+def _write(path: Path, columns: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+def _us(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp()) * 1_000_000
+
+
+def test_revenue_decimal_and_float_types(tmp_path):
+    # SPEC 1: revenue may be double, float, decimal or integer
+    inp = tmp_path / "input" / f"event_date={D}"
+    ts = pa.timestamp("us", tz="UTC")
+    _write(inp / "dec.parquet", {
+        "event_id": ["a1", "a2"], "event_time": pa.array([_us("2024-03-10T01:00:00")] * 2, ts),
+        "event_type": ["purchase", "purchase"], "user_id": ["u1", "u2"],
+        "revenue": pa.array([Decimal("12.25"),
+                             Decimal("0.75")], pa.decimal128(10, 2))})
+    _write(inp / "f32.parquet", {
+        "event_id": ["b1"], "event_time": pa.array([_us("2024-03-10T02:00:00")], ts),
+        "event_type": ["purchase"], "user_id": ["u3"],
+        "revenue": pa.array([2.5], pa.float32())})
+    out = tmp_path / "out"
+    run_ok(tmp_path / "input", out, *L1)
+    # 12.25 + 0.75 + 2.5 = 15.5, three purchases by three users
+    assert_rows(read_table(out, "conversions_by_name", D),
+                [cbn("purchase", "hard", *DIRECT[:3], 3, 3, 15.5)])
+
+
+def test_empty_user_id_is_one_shared_user_key(tmp_path):
+    # docs/contract-notes.md: the key is literally coalesce(user_id, anonymous_id),
+    # so '' is a key (not null): two events with user_id '' are one user, and the
+    # anonymous_id of such a row is not used.
+    inp = tmp_path / "input" / f"event_date={D}"
+    ts = pa.timestamp("us", tz="UTC")
+    _write(inp / "part-0.parquet", {
+        "event_id": ["k1", "k2", "k3"],
+        "event_time": pa.array([_us("2024-03-10T01:00:00"), _us("2024-03-10T02:00:00"),
+                                _us("2024-03-10T03:00:00")], ts),
+        "event_type": ["page_view", "purchase", "purchase"],
+        "user_id": ["", "", None], "anonymous_id": ["dev1", "dev2", None],
+        "utm_source": ["src_k1", None, None]})
+    out = tmp_path / "out"
+    run_ok(tmp_path / "input", out, *L1)
+    # k2 (key '') takes k1's touch (key ''); k3 has no key: direct, not a user
+    assert_rows(read_table(out, "conversions_by_name", D), [
+        cbn("purchase", "hard", *DIRECT[:3], 1, 0, 0),
+        cbn("purchase", "hard", "src_k1", NS, NS, 1, 1, 0),
+    ])
+    total = dim_rows(read_table(out, "dimension_summary", D), "total")
+    assert_rows(total, [ds("total", "(all)", m(3, 1, hard=2, hc=1))])
+
+
+def test_only_partitions_d_minus_l_to_d_are_read(tmp_path):
+    # SPEC 3: the job reads partitions D-L .. D. With L = 2 and D = 03-10 a touch filed
+    # in partition 03-07 is not read, even though its event_time (03-09) is in range.
+    root = tmp_path / "input"
+    ts = pa.timestamp("us", tz="UTC")
+    _write(root / "event_date=2024-03-07" / "part-0.parquet", {
+        "event_id": ["old"], "event_time": pa.array([_us("2024-03-09T00:00:00")], ts),
+        "event_type": ["page_view"], "user_id": ["u1"], "utm_source": ["too_old_partition"]})
+    _write(root / f"event_date={D}" / "part-0.parquet", {
+        "event_id": ["buy"], "event_time": pa.array([_us("2024-03-10T00:00:00")], ts),
+        "event_type": ["purchase"], "user_id": ["u1"], "utm_source": [None]})
+    out = tmp_path / "out"
+    run_ok(root, out, *L2)
+    assert_rows(read_table(out, "conversions_by_name", D),
+                [cbn("purchase", "hard", *DIRECT[:3], 1, 1, 0)])
+    man = manifest(out, D)
+    assert [f["path"].split("/")[-2] for f in man["input_files"]] == [f"event_date={D}"]
+    assert man["rows_read"] == 1
+
+
+def test_rule_value_naming_missing_column_exits_2(tmp_path):
+    rules = _rules_file(tmp_path, GOOD_RULE + '''
+[[conversion]]
+name = "bad_value_rule"
+kind = "hard"
+when = "event_type = 'phone_call'"
+value = "call_minutes * 2"
+''')
+    r = run_convmart("run", "--input", LOOKBACK, "--output", tmp_path / "out", "--date", D,
+                     "--rules", rules)
+    assert r.returncode == 2, r.stderr
+    assert "bad_value_rule" in r.stderr
+    r = run_convmart("validate", "--rules", rules, "--input", LOOKBACK, "--date", D)
+    assert r.returncode == 2, r.stderr
+    assert "bad_value_rule" in r.stderr
