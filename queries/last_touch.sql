@@ -2,27 +2,26 @@
 -- touch itself, the latest touch (a survivor with non-empty utm_source) of the
 -- same user key with event_time in [t - L days, t]; ties: greatest event_id.
 -- Events without a user key never match (NULL = NULL is not true).
--- Input: report_events, survivors. Parameter $1: L days in microseconds.
--- Grain: one row per attributed event of D.
-SELECT event_id, utm_source, utm_medium, utm_campaign, utm_content, utm_term
+-- Input: report_events, relevant_events. Parameter $1: L days in microseconds.
+-- Grain: one row per attributed event of D, with the touch's dimensions.
+SELECT
+  best.event_id,
+  t.utm_source,
+  t.utm_medium,
+  t.utm_campaign,
+  t.utm_content,
+  t.utm_term
 FROM (
   SELECT
     e.event_id,
-    t.utm_source,
-    t.utm_medium,
-    t.utm_campaign,
-    t.utm_content,
-    t.utm_term,
-    row_number() OVER (
-      PARTITION BY e.event_id
-      ORDER BY t.ts_us DESC, t.event_id DESC
-    ) AS touch_rank
+    first_value(c.event_id ORDER BY c.ts_us DESC, c.event_id DESC) AS touch_id
   FROM report_events AS e
-  JOIN survivors AS t
-    ON t.user_key = e.user_key
-   AND t.ts_us >= e.ts_us - CAST($1 AS BIGINT)
-   AND t.ts_us <= e.ts_us
+  JOIN relevant_events AS c
+    ON c.user_key = e.user_key
+   AND c.ts_us >= e.ts_us - CAST($1 AS BIGINT)
+   AND c.ts_us <= e.ts_us
   WHERE NOT e.is_touch
-    AND t.utm_source <> ''
-) AS ranked
-WHERE touch_rank = 1
+    AND c.is_touch
+  GROUP BY e.event_id
+) AS best
+JOIN relevant_events AS t ON t.event_id = best.touch_id

@@ -55,6 +55,7 @@ pub enum Command {
 #[serde(rename_all = "snake_case")]
 pub enum Attribution {
     /// Events without campaign parameters take them from the user's latest touch in the lookback.
+    #[value(name = "last_touch")]
     LastTouch,
     /// Only the event's own campaign parameters count; no touch means direct.
     Event,

@@ -147,7 +147,15 @@ async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) ->
         ],
     );
     view(ctx, "valid_events", &valid, vec![]).await?;
+    materialize(ctx, "duplicate_ids", queries::DUPLICATE_IDS, vec![]).await?;
     view(ctx, "survivors", queries::SURVIVORS, vec![]).await?;
+    materialize(
+        ctx,
+        "relevant_events",
+        queries::RELEVANT_EVENTS,
+        vec![date_param(date)],
+    )
+    .await?;
     view(
         ctx,
         "report_events",
@@ -172,19 +180,54 @@ async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) ->
     ctx.register_table("last_touch", last_touch.into_view())
         .map_err(|e| Error::internal("last_touch", e))?;
     view(ctx, "assisted", queries::ASSISTED, vec![lookback_us]).await?;
+    materialize(ctx, "attributed_events", queries::ATTRIBUTED_EVENTS, vec![]).await?;
+    Ok(())
+}
+
+/// Computes a stage once and keeps its rows in memory for the stages that
+/// read it several times (DataFusion would otherwise recompute a view per use).
+async fn materialize(
+    ctx: &SessionContext,
+    name: &str,
+    text: &str,
+    params: Vec<ScalarValue>,
+) -> Result<()> {
     let started = Instant::now();
-    let attributed = sql(ctx, "attributed_events", queries::ATTRIBUTED_EVENTS, vec![])
+    if std::env::var_os("CONVMART_EXPLAIN").is_some() {
+        explain(ctx, name, text, params.clone()).await?;
+    }
+    let df = sql(ctx, name, text, params)
         .await?
         .cache()
         .await
-        .map_err(|e| query_error("attributed_events", e))?;
-    ctx.register_table("attributed_events", attributed.into_view())
-        .map_err(|e| Error::internal("attributed_events", e))?;
+        .map_err(|e| query_error(name, e))?;
+    let rows = df.clone().count().await.map_err(|e| query_error(name, e))?;
+    ctx.register_table(name, df.into_view())
+        .map_err(|e| Error::internal(name, e))?;
     info!(
-        stage = "attribute",
+        stage = name,
+        rows,
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "events of the report date classified and attributed"
+        "stage computed"
     );
+    Ok(())
+}
+
+/// Profiling aid (`CONVMART_EXPLAIN=1`): prints the executed plan with metrics to stderr.
+async fn explain(
+    ctx: &SessionContext,
+    stage: &str,
+    text: &str,
+    params: Vec<ScalarValue>,
+) -> Result<()> {
+    let batches = sql(ctx, stage, &format!("EXPLAIN ANALYZE {text}"), params)
+        .await?
+        .collect()
+        .await
+        .map_err(|e| query_error(stage, e))?;
+    let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .map_err(|e| Error::internal(stage, e))?;
+    eprintln!("{shown}");
     Ok(())
 }
 
@@ -327,7 +370,7 @@ async fn stage_and_commit(
     let duplicates_dropped = stats
         .first()
         .and_then(|b| {
-            b.column(1)
+            b.column(0)
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .map(|a| a.value(0))
