@@ -41,6 +41,14 @@ pub enum Error {
     #[error("storage error at {location}: {message} (temporary; safe to retry)")]
     Storage { location: String, message: String },
 
+    /// Another run of the same date holds its lock (exit 75): retry later.
+    #[error("date {date} is locked: {message}")]
+    Locked { date: String, message: String },
+
+    /// Storage refused the credentials (exit 2): fix the AWS_* settings.
+    #[error("access denied at {location}: {message}. Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN and the bucket policy")]
+    AccessDenied { location: String, message: String },
+
     /// A query failed for a reason that is not the user's input (exit 70).
     #[error("internal error in {stage}: {message}")]
     Internal { stage: String, message: String },
@@ -81,7 +89,8 @@ impl Error {
             Error::Argument { .. } | Error::Rules { .. } | Error::Rule { .. } => 2,
             Error::NoInput { .. } => 3,
             Error::Data { .. } | Error::DataLimit(_) => 65,
-            Error::Storage { .. } => 75,
+            Error::Storage { .. } | Error::Locked { .. } => 75,
+            Error::AccessDenied { .. } => 2,
             Error::Internal { .. } => 70,
         }
     }

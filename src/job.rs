@@ -5,6 +5,7 @@ use crate::cli::Attribution;
 use crate::engine;
 use crate::error::{one_line, Error, Result};
 use crate::input::{self, InputSet};
+use crate::lock::DateLock;
 use crate::output::{self, Manifest, TableOutput};
 use crate::queries::{self, fill};
 use crate::rules::Rules;
@@ -278,12 +279,17 @@ async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
     let ctx = engine::session(cfg.memory_limit)?;
     cfg.output.register(&ctx);
     engine::register_input(&ctx, &cfg.input, &input).await?;
-    build_stages(&ctx, cfg, date).await?;
 
-    let result = stage_and_commit(&ctx, cfg, date, &run_id, started_at, input).await;
-    if result.is_err() {
-        output::remove_staging(&cfg.output, &run_id).await;
+    let lock = DateLock::acquire(&cfg.output, date, &run_id).await?;
+    let result = async {
+        build_stages(&ctx, cfg, date).await?;
+        stage_and_commit(&ctx, cfg, date, &run_id, started_at, input, &lock).await
     }
+    .await;
+    if result.is_err() {
+        output::remove_staging(&cfg.output, date, &run_id).await;
+    }
+    lock.release().await;
     result
 }
 
@@ -294,6 +300,7 @@ async fn stage_and_commit(
     run_id: &str,
     started_at: chrono::DateTime<Utc>,
     input: InputSet,
+    lock: &DateLock,
 ) -> Result<DateSummary> {
     let mut tables = BTreeMap::new();
     let mut rejected_rows = BTreeMap::new();
@@ -396,6 +403,7 @@ async fn stage_and_commit(
         rejected_rows,
         tables,
     };
+    lock.confirm().await?;
     let removed = output::publish(&cfg.output, date, &manifest).await?;
     let manifest_location = cfg
         .output

@@ -9,6 +9,7 @@ pub mod error;
 pub mod generate;
 pub mod input;
 pub mod job;
+pub mod lock;
 pub mod output;
 pub mod queries;
 pub mod rules;

@@ -1,7 +1,8 @@
 //! Output: Parquet writer settings, staging, the manifest commit and clean-up.
 //!
 //! Commit protocol for one report date D (SPEC §4 "Re-runs"):
-//! 1. every table is written to `<output>/_staging/<run_id>/...` (invisible to readers);
+//! 0. the run takes the date's lock (`crate::lock`);
+//! 1. every table is written to `<output>/_staging/event_date=D/<run_id>/...` (invisible to readers);
 //! 2. staged files are copied to `<output>/<table>/event_date=D/part-<run_id>-00000.parquet`
 //!    (new names, so the previous run's files stay complete);
 //! 3. the manifest `<output>/_runs/event_date=D.json` is written in one PUT: the commit point;
@@ -89,8 +90,12 @@ pub fn manifest_path(out: &Location, date: NaiveDate) -> Path {
     out.child(&format!("_runs/{}.json", partition_dir(date)))
 }
 
-fn staging_root(out: &Location, run_id: &str) -> Path {
-    out.child(&format!("_staging/{run_id}"))
+fn staging_of_date(out: &Location, date: NaiveDate) -> Path {
+    out.child(&format!("_staging/{}", partition_dir(date)))
+}
+
+fn staging_root(out: &Location, date: NaiveDate, run_id: &str) -> Path {
+    staging_of_date(out, date).join(run_id)
 }
 
 /// Streams `df` into a staged Parquet file for `table`.
@@ -106,7 +111,7 @@ pub async fn stage_table(
         "{table}/{}/part-{run_id}-00000.parquet",
         partition_dir(date)
     );
-    let staged = staging_root(out, run_id)
+    let staged = staging_root(out, date, run_id)
         .join(table)
         .join(partition_dir(date))
         .join(format!("part-{run_id}-00000.parquet"));
@@ -199,9 +204,8 @@ pub async fn publish(out: &Location, date: NaiveDate, manifest: &Manifest) -> Re
             }
         }
     }
-    if let Some(run_id) = Some(manifest.run_id.as_str()) {
-        remove_prefix(out, &staging_root(out, run_id)).await;
-    }
+    // Under the date's lock, every staging run of D is this run's or a dead one's.
+    remove_prefix(out, &staging_of_date(out, date)).await;
     Ok(removed)
 }
 
@@ -222,8 +226,8 @@ pub async fn remove_prefix(out: &Location, prefix: &Path) {
     }
 }
 
-pub async fn remove_staging(out: &Location, run_id: &str) {
-    remove_prefix(out, &staging_root(out, run_id)).await
+pub async fn remove_staging(out: &Location, date: NaiveDate, run_id: &str) {
+    remove_prefix(out, &staging_root(out, date, run_id)).await
 }
 
 async fn delete_quietly(store: &dyn ObjectStore, path: &Path) {
