@@ -20,10 +20,11 @@ How each SPEC step maps to SQL:
 - validity + canonical types: one CTAS over read_parquet(union_by_name);
   event_time -> TIMESTAMPTZ with the session in UTC, so naive timestamps
   (and INT96) are taken as UTC; revenue -> DOUBLE; SPEC strings -> VARCHAR.
-- dedup: QUALIFY row_number() over event_id, ordered by event_time, then
-  partition, then the remaining columns (contract-notes: deterministic).
+- dedup: ids seen once pass through (hash anti-join); only repeated ids go
+  through row_number() ordered by event_time, then partition, then the
+  remaining columns (contract-notes: deterministic).
 - last touch: ASOF LEFT JOIN of D's events on touches (one per user key and
-  event_time: the greatest event_id, which is SPEC's tie-break), then a
+  event_time via max_by(.., event_id): SPEC's tie-break), then a
   check that the touch is within L days. The latest touch at or before t is
   the only candidate: if it is older than t - L days, all others are too.
 - assisted: the same ASOF trick with a strict `>` against soft conversions.
@@ -237,16 +238,23 @@ def run(args) -> dict:
     try:
         con.execute(f"""
             CREATE TEMP TABLE surv AS
+            WITH valid AS (SELECT * FROM raw WHERE __reject_reason IS NULL),
+            -- only ids delivered more than once need the (sorting) window
+            dup_ids AS (SELECT event_id FROM valid GROUP BY event_id HAVING count(*) > 1),
+            deduped AS (
+                SELECT * FROM valid ANTI JOIN dup_ids USING (event_id)
+                UNION ALL BY NAME
+                SELECT * FROM (SELECT * FROM valid SEMI JOIN dup_ids USING (event_id))
+                QUALIFY row_number() OVER (
+                    PARTITION BY event_id ORDER BY event_time, __part, {tiebreak}) = 1
+            )
             SELECT *,
                    coalesce(user_id, anonymous_id) AS __ukey,
                    (utm_source IS NOT NULL AND utm_source <> '') AS __touch,
                    {conv_name} AS __conv_name,
                    {conv_kind} AS __kind,
                    {conv_value} AS __value
-            FROM raw
-            WHERE __reject_reason IS NULL
-            QUALIFY row_number() OVER (
-                PARTITION BY event_id ORDER BY event_time, __part, {tiebreak}) = 1
+            FROM deduped
         """)
     except duckdb.Error as e:
         names = ", ".join(r["name"] for r in rules)
@@ -265,10 +273,18 @@ def run(args) -> dict:
     if args.attribution == "last_touch":
         con.execute("""
             CREATE TEMP TABLE touches AS
-            SELECT __ukey, event_time, utm_source, utm_medium, utm_campaign, utm_content, utm_term
-            FROM surv
-            WHERE __touch AND __ukey IS NOT NULL
-            QUALIFY row_number() OVER (PARTITION BY __ukey, event_time ORDER BY event_id DESC) = 1
+            SELECT __ukey, event_time, unnest(dims)
+            FROM (
+                -- one struct: per-column max_by would skip NULL values and
+                -- mix the dimensions of different touches
+                SELECT __ukey, event_time,
+                       max_by({'utm_source': utm_source, 'utm_medium': utm_medium,
+                               'utm_campaign': utm_campaign, 'utm_content': utm_content,
+                               'utm_term': utm_term}, event_id) AS dims
+                FROM surv
+                WHERE __touch AND __ukey IS NOT NULL
+                GROUP BY __ukey, event_time
+            )
         """)
         touch_join = ("ASOF LEFT JOIN touches t "
                       "ON e.__ukey = t.__ukey AND e.event_time >= t.event_time")

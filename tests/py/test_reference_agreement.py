@@ -102,8 +102,8 @@ def make_hand_example(root: Path) -> None:
         rev_type=pa.int64(), ts_type=pa.timestamp("s"))
     _write(root, "2024-03-10", "part-1.parquet", [
         dict(event_id="c0", event_time=_t("2024-03-10 11:00"), event_type="page_view",
-             user_id="u1", utm_source="facebook", utm_medium="social", device_type="mobile",
-             country="DE"),
+             user_id="u1", utm_source="facebook", utm_medium="social", utm_content="fb_c",
+             device_type="mobile", country="DE"),
         dict(event_id="c0b", event_time=_t("2024-03-10 11:00"), event_type="ad_click",
              user_id="u1", utm_source="tiktok", utm_medium="video", utm_term="",
              device_type="mobile", country="DE"),
@@ -148,11 +148,12 @@ def test_reference_matches_hand_worked_example(tmp_path):
     assert (r["events"], r["users"], r["hard_conversions"], r["hard_value"],
             r["assisted_hard_conversions"], r["hard_conversion_rate"]) == (1, 1, 1, 100.0, 1, 1.0)
     # c2 (11:00): a1 is now 1 h too old; c0 and c0b touch at exactly 11:00,
-    # the greater event_id (c0b) wins; its empty utm_term becomes (not set).
+    # the greater event_id (c0b) wins, all five dimensions from it: its null
+    # utm_content stays (not set) (not c0's fb_c), its empty utm_term too.
     r = cd[("tiktok", "video", NS, NS, NS, "desktop", "DE")]
     assert (r["events"], r["hard_value"], r["assisted_hard_conversions"]) == (1, 20.0, 1)
     # the touches themselves keep their own dimensions
-    assert cd[("facebook", "social", NS, NS, NS, "mobile", "DE")]["events"] == 1
+    assert cd[("facebook", "social", NS, "fb_c", NS, "mobile", "DE")]["events"] == 1
     assert cd[("tiktok", "video", NS, NS, NS, "mobile", "DE")]["events"] == 1
     # dup2 (a7, phone_call) + n1 (no user key, soft): users counts only a7,
     # soft_converters 0, rates from converters / users.
@@ -178,7 +179,7 @@ def test_reference_matches_hand_worked_example(tmp_path):
     # -> 2 users; country DE = c1 c2 c0 c0b, all u1 -> 1 user
     assert ds_[("utm_source", "google")]["users"] == 2
     assert ds_[("country", "DE")]["users"] == 1 and ds_[("country", "DE")]["events"] == 4
-    assert len(ds_) == 19
+    assert len(ds_) == 20
 
     cbn = _rows(read_partition(out, "conversions_by_name", "2024-03-10"),
                 ("conversion_name", "utm_source", "utm_medium", "utm_campaign"))
