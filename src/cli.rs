@@ -49,6 +49,22 @@ pub enum Command {
     /// Write deterministic sample raw events (Hive-partitioned Parquet).
     #[command(after_help = EXIT_CODES)]
     Generate(GenerateArgs),
+    /// Benchmark floor: only read and decode the input columns `run` needs
+    /// for D-L..D, with the same session settings. Prints rows and seconds.
+    #[command(hide = true)]
+    ScanFloor(ScanFloorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScanFloorArgs {
+    #[arg(long)]
+    pub input: String,
+    #[arg(long, value_parser = parse_date)]
+    pub date: NaiveDate,
+    #[arg(long, default_value_t = 30)]
+    pub lookback_days: u32,
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Run(args) => convmart::commands::run(args).await,
             Command::Validate(args) => convmart::commands::validate(args).await,
             Command::Generate(args) => convmart::commands::generate(args).await,
+            Command::ScanFloor(args) => convmart::commands::scan_floor(args).await,
         }
     });
     match outcome {

@@ -17,6 +17,7 @@ pub const DIMENSION_SUMMARY: &str = include_str!("../queries/dimension_summary.s
 pub const CONVERSIONS_BY_NAME: &str = include_str!("../queries/conversions_by_name.sql");
 pub const REJECTED_EVENTS: &str = include_str!("../queries/rejected_events.sql");
 pub const INPUT_STATS: &str = include_str!("../queries/input_stats.sql");
+pub const SCAN_FLOOR: &str = include_str!("../queries/scan_floor.sql");
 
 /// Every embedded file, by name, so a test can prove none is left unused.
 pub const ALL: &[(&str, &str)] = &[
@@ -35,6 +36,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("conversions_by_name.sql", CONVERSIONS_BY_NAME),
     ("rejected_events.sql", REJECTED_EVENTS),
     ("input_stats.sql", INPUT_STATS),
+    ("scan_floor.sql", SCAN_FLOOR),
 ];
 
 /// Replaces `{{NAME}}` markers; panics on a marker left unfilled, since that
