@@ -44,6 +44,7 @@ import tomllib
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 EXIT_ARGS, EXIT_NO_INPUT, EXIT_DATA = 2, 3, 65
@@ -140,6 +141,11 @@ def partition_files(input_dir: Path, day: dt.date) -> list[Path]:
     return sorted(out)
 
 
+def _is_numeric(t) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+            or pa.types.is_null(t))
+
+
 def inspect_schemas(files: list[Path]) -> list[str]:
     """Union of column names in first-seen order; data errors for bad files."""
     order: list[str] = []
@@ -151,6 +157,10 @@ def inspect_schemas(files: list[Path]) -> list[str]:
         for req in REQUIRED:
             if req not in schema.names:
                 raise Fail(EXIT_DATA, f"{f}: required column {req} is missing")
+        # known columns with impossible types are data errors (contract-notes)
+        for name, ok in (("event_time", pa.types.is_timestamp), ("revenue", _is_numeric)):
+            if name in schema.names and not ok(schema.field(name).type):
+                raise Fail(EXIT_DATA, f"{f}: column {name} has type {schema.field(name).type}")
         for name in schema.names:
             if name not in order:
                 order.append(name)
