@@ -119,6 +119,32 @@ pub fn partition_dir(date: NaiveDate) -> String {
     format!("{PARTITION_COLUMN}={}", date.format("%Y-%m-%d"))
 }
 
+/// The partition dates present under the root within `first..=last`: one
+/// delimiter listing of the root instead of one request per day of lookback.
+async fn partitions_in_range(
+    loc: &Location,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<Vec<NaiveDate>> {
+    let listing = loc
+        .store
+        .list_with_delimiter(Some(&loc.prefix))
+        .await
+        .map_err(|e| store_error(loc.describe(&loc.prefix), e))?;
+    let prefix = format!("{PARTITION_COLUMN}=");
+    let mut dates: Vec<NaiveDate> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename())
+        .filter_map(|name| name.strip_prefix(prefix.as_str()))
+        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .filter(|d| *d >= first && *d <= last)
+        .collect();
+    dates.sort();
+    dates.dedup();
+    Ok(dates)
+}
+
 /// Lists the `.parquet` files of every date in `first..=last` (ignoring
 /// `_`/`.`-prefixed names such as `_SUCCESS`), ordered by date then name.
 pub async fn list_files(
@@ -126,7 +152,7 @@ pub async fn list_files(
     first: NaiveDate,
     last: NaiveDate,
 ) -> Result<Vec<(NaiveDate, object_store::ObjectMeta)>> {
-    let dates: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
+    let dates = partitions_in_range(loc, first, last).await?;
     let listed: Vec<Vec<(NaiveDate, object_store::ObjectMeta)>> = futures::stream::iter(dates)
         .map(|date| async move {
             let dir = loc.child(&partition_dir(date));
