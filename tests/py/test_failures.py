@@ -1,0 +1,528 @@
+"""Failure behaviour (SPEC section 6, issue 3): bad input, bad arguments and
+rules, storage faults against a real SeaweedFS, SIGKILL at many moments of a
+re-run, two concurrent runs, secrets, quarantine.
+
+Every expectation comes from SPEC.md and the README ("Exit codes and failure
+modes", "Semantics where SPEC leaves room"), never from the program's output:
+
+- exit codes 0 / 2 / 3 / 65 / 75; one `error: ...` line naming the argument,
+  rule, file or column;
+- a failure leaves the previous output of the date exactly as it was (here:
+  byte for byte, every file under the output root, for failures detected
+  before anything is committed);
+- the manifest `<out>/_runs/event_date=D.json` is the commit point: a reader
+  that follows it (reads exactly the files it lists) always sees one complete
+  run, whatever moment the job was killed at;
+- after a successful run each table partition holds exactly the files its
+  manifest lists.
+
+Tests that stop or kill the S3 server use their own SeaweedFS instance
+(`own_s3`), restarted on the same data directory and ports; the shared
+session server (`s3`) is only used by tests that leave it running.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import s3server
+from conftest import convmart_bin, manifest, read_table, run_convmart, table_files
+from s3server import S3Server, s3  # noqa: F401  (session fixture: SeaweedFS on loopback)
+from tablediff import diff_tables
+
+TABLES = ("campaign_daily", "dimension_summary", "conversions_by_name", "rejected_events")
+SUMMARY_TABLES = ("campaign_daily", "dimension_summary", "conversions_by_name")
+REASONS = ("missing_event_id", "missing_event_type", "missing_event_time")
+
+# the small generated data set most tests start from
+START = "2024-05-01"
+DAYS = 3
+D = "2024-05-03"
+D_PREV = "2024-05-02"
+LOOKBACK = 2
+EVENTS_PER_DAY = 300
+SEED = 11
+
+# bigger inputs, for runs that must last long enough to be interrupted
+BIG_EVENTS_PER_DAY = 4000
+
+EXIT_OK, EXIT_ARGS, EXIT_NO_INPUT, EXIT_DATA, EXIT_TEMP = 0, 2, 3, 65, 75
+
+
+# ---------------------------------------------------------------- helpers
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one `error: ...` line of stderr (the contract: one line)."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, (f"expected exactly one 'error:' line on stderr, got {len(lines)}\n"
+                             f"--- stderr ---\n{proc.stderr[-3000:]}")
+    return lines[0]
+
+
+def assert_fails(proc: subprocess.CompletedProcess, code: int, *names: str) -> str:
+    """Exit `code` with one error line containing every one of `names`."""
+    assert proc.returncode == code, (
+        f"exit {proc.returncode}, expected {code}\n--- stdout ---\n{proc.stdout[-1500:]}"
+        f"\n--- stderr ---\n{proc.stderr[-3000:]}")
+    line = error_line(proc)
+    for n in names:
+        assert n in line, f"the error line does not name {n!r}: {line}"
+    return line
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (f"exit {proc.returncode}, expected 0\n"
+                                  f"--- stderr ---\n{proc.stderr[-3000:]}")
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every file (bytes) and directory under root, by relative path."""
+    root = Path(root)
+    out: dict[str, bytes | str] = {}
+    if not root.exists():
+        return out
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = p.read_bytes() if p.is_file() else "<dir>"
+    return out
+
+
+def assert_unchanged(before: dict, after: dict, what: str = "output") -> None:
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    assert not (added or removed or changed), (
+        f"{what} changed by a failed run (nothing may be written):\n"
+        f"  added:   {added}\n  removed: {removed}\n  changed: {changed}")
+
+
+def generate(out: Path, start: str = START, days: int = DAYS,
+             events_per_day: int = EVENTS_PER_DAY, seed: int = SEED) -> Path:
+    proc = run_convmart("generate", "--output", out, "--start-date", start, "--days", days,
+                        "--events-per-day", events_per_day, "--seed", seed)
+    assert_ok(proc)
+    return out
+
+
+def run_job(inp, out, *extra, date_: str = D, lookback: int = LOOKBACK, env=None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_convmart("run", "--input", inp, "--output", out, "--date", date_,
+                        "--lookback-days", lookback, *extra, env=env, timeout=timeout)
+
+
+def committed(out: Path, date_: str = D) -> tuple[dict, dict[str, pa.Table]]:
+    """What a manifest-following reader sees: the manifest, and each table read
+    from exactly the files it lists (they must all exist and be readable)."""
+    m = manifest(out, date_)
+    tables = {}
+    for t in TABLES:
+        assert t in m["tables"], f"manifest of {date_} has no table {t}: {sorted(m['tables'])}"
+        parts = []
+        for f in m["tables"][t]["files"]:
+            p = Path(out) / f["path"]
+            assert p.is_file(), f"manifest lists {f['path']} but it does not exist"
+            parts.append(pq.read_table(p))
+        assert parts, f"manifest lists no file for {t}"
+        tbl = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        assert tbl.num_rows == m["tables"][t]["rows"], (
+            f"{t}: manifest says {m['tables'][t]['rows']} rows, its files hold {tbl.num_rows}")
+        tables[t] = tbl
+    return m, tables
+
+
+def assert_same_tables(got: dict[str, pa.Table], ref: dict[str, pa.Table], what: str) -> None:
+    problems = []
+    for t in TABLES:
+        d = diff_tables(got[t], ref[t], names=(what, "first good run"))
+        if d:
+            problems.append(f"== {t} ==\n{d}")
+    assert not problems, f"{what}: tables differ from the first good run\n" + "\n".join(problems)
+
+
+def assert_exactly_manifest_files(out: Path, date_: str = D) -> dict:
+    """After a successful run: each table partition holds exactly the manifest's
+    files, and no staging leftovers of the date remain."""
+    m = manifest(out, date_)
+    for t in TABLES:
+        listed = sorted(f["path"] for f in m["tables"][t]["files"])
+        part = Path(out) / t / f"event_date={date_}"
+        present = sorted(p.relative_to(out).as_posix() for p in part.rglob("*") if p.is_file()) \
+            if part.is_dir() else []
+        assert present == listed, (f"{t}/event_date={date_} holds {present}, "
+                                   f"the manifest lists {listed}")
+    staging = Path(out) / "_staging"
+    leftovers = [p.relative_to(out).as_posix() for p in staging.rglob("*")
+                 if p.is_file() and f"event_date={date_}" in p.as_posix()] \
+        if staging.is_dir() else []
+    assert not leftovers, f"staging leftovers of {date_}: {leftovers}"
+    staged_dir = staging / f"event_date={date_}"
+    assert not (staged_dir.is_dir() and any(staged_dir.iterdir())), \
+        f"{staged_dir} is not empty: {list(staged_dir.rglob('*'))}"
+    return m
+
+
+def d_file(inp: Path, name: str = "part-00000.parquet", date_: str = D) -> Path:
+    return Path(inp) / f"event_date={date_}" / name
+
+
+def tail2(path) -> str:
+    """`event_date=D/name` of an input file path (manifest paths may be absolute URLs)."""
+    return "/".join(str(path).rstrip("/").split("/")[-2:])
+
+
+def rows_in(files) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+# ---------------------------------------------------------------- base data
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Generated input (3 days) and a good run of D into `out`: the state every
+    bad-input test starts from (each test works on its own copy)."""
+    root = tmp_path_factory.mktemp("failures_base")
+    inp = generate(root / "input")
+    out = root / "out"
+    assert_ok(run_job(inp, out))
+    return {"input": inp, "out": out, "snapshot": snapshot(out)}
+
+
+@pytest.fixture
+def work(base, tmp_path):
+    """Fresh copies of the base input and of the output of the good run."""
+    inp, out = tmp_path / "input", tmp_path / "out"
+    shutil.copytree(base["input"], inp)
+    shutil.copytree(base["out"], out)
+    assert snapshot(out) == base["snapshot"]
+    return {"input": inp, "out": out, "before": base["snapshot"]}
+
+
+def run_expect_failure(work, code, *names, extra=(), date_=D, lookback=LOOKBACK):
+    proc = run_job(work["input"], work["out"], *extra, date_=date_, lookback=lookback)
+    line = assert_fails(proc, code, *names)
+    assert_unchanged(work["before"], snapshot(work["out"]))
+    return line
+
+
+# ====================================================== bad input: data errors
+@pytest.mark.parametrize("where", [D, D_PREV], ids=["report_date", "lookback_partition"])
+def test_truncated_parquet_file_is_a_data_error(work, where):
+    f = d_file(work["input"], date_=where)
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    run_expect_failure(work, EXIT_DATA, f.name)
+
+
+def test_zero_byte_parquet_file_is_a_data_error(work):
+    f = d_file(work["input"], "empty-upload.parquet")
+    f.write_bytes(b"")
+    run_expect_failure(work, EXIT_DATA, f.name)
+
+
+def test_corrupt_pages_with_a_valid_footer_is_a_data_error(work):
+    """The footer parses (the file lists fine) but the column data is garbage:
+    the failure comes while reading, and must still be 65 naming the file."""
+    f = d_file(work["input"], "part-00001.parquet")
+    data = bytearray(f.read_bytes())
+    footer_len = int.from_bytes(data[-8:-4], "little")
+    data_end = len(data) - 8 - footer_len
+    for i in range(4, data_end):          # every page header and page, not the footer
+        data[i] = 0xA5
+    f.write_bytes(bytes(data))
+    pq.ParquetFile(f)                      # the footer is still valid
+    run_expect_failure(work, EXIT_DATA, f.name)
+
+
+def test_non_parquet_content_in_a_parquet_file_is_a_data_error(work):
+    f = d_file(work["input"], "export.parquet")
+    f.write_text("event_id,event_time,event_type\ne1,2024-05-03T10:00:00Z,purchase\n")
+    run_expect_failure(work, EXIT_DATA, f.name)
+
+
+def test_other_files_in_a_partition_are_ignored(work):
+    """README: only *.parquet files are input; `_SUCCESS`, `.crc`, `_x.parquet`,
+    `.x.parquet` and other names are ignored (so garbage in them is harmless)."""
+    part = work["input"] / f"event_date={D}"
+    for name in ("_SUCCESS", ".part-00000.parquet.crc", "_tmp.parquet", ".hidden.parquet",
+                 "notes.txt", "part-00000.parquet.bak"):
+        (part / name).write_bytes(b"not parquet at all")
+    ref_files = sorted(p.name for p in part.glob("part-0000?.parquet"))
+    assert_ok(run_job(work["input"], work["out"]))
+    m = assert_exactly_manifest_files(work["out"])
+    read = sorted(Path(f["path"]).name for f in m["input_files"]
+                  if f"event_date={D}" in f["path"])
+    assert read == ref_files
+
+
+@pytest.mark.parametrize("where", [D, D_PREV], ids=["report_date", "lookback_partition"])
+@pytest.mark.parametrize("column", ["event_id", "event_type", "event_time"])
+def test_file_missing_a_required_column_is_a_data_error(work, column, where):
+    src = d_file(work["input"], date_=where)
+    t = pq.read_table(src)
+    bad = d_file(work["input"], "part-00009.parquet", date_=where)
+    pq.write_table(t.drop_columns([column]), bad)
+    run_expect_failure(work, EXIT_DATA, bad.name, column)
+
+
+@pytest.mark.parametrize("column", ["event_time", "revenue"])
+def test_column_of_the_wrong_type_is_a_data_error(work, column):
+    f = d_file(work["input"], "part-00000.parquet")
+    t = pq.read_table(f)
+    i = t.schema.get_field_index(column)
+    t = t.set_column(i, pa.field(column, pa.string()), t.column(i).cast(pa.string()))
+    bad = d_file(work["input"], "part-00009.parquet")
+    pq.write_table(t, bad)
+    run_expect_failure(work, EXIT_DATA, bad.name, column)
+
+
+# ====================================================== partitions
+def test_partition_directory_without_files_is_exit_3(work):
+    part = work["input"] / f"event_date={D}"
+    shutil.rmtree(part)
+    part.mkdir()
+    run_expect_failure(work, EXIT_NO_INPUT, D)
+
+
+def test_partition_with_only_a_success_marker_is_exit_3(work):
+    part = work["input"] / f"event_date={D}"
+    shutil.rmtree(part)
+    part.mkdir()
+    (part / "_SUCCESS").write_bytes(b"")
+    run_expect_failure(work, EXIT_NO_INPUT, D)
+
+
+def test_missing_partition_is_exit_3(work):
+    shutil.rmtree(work["input"] / f"event_date={D}")
+    run_expect_failure(work, EXIT_NO_INPUT, D)
+
+
+def test_missing_partition_of_a_date_never_run_writes_nothing(base, tmp_path):
+    out = tmp_path / "fresh_out"
+    proc = run_job(base["input"], out, date_="2024-05-09")
+    assert_fails(proc, EXIT_NO_INPUT, "2024-05-09")
+    files = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert not files, f"a run that found no input wrote {files}"
+
+
+def test_partition_with_a_zero_row_file_succeeds_with_empty_tables(work):
+    """D holds one valid Parquet file with 0 rows: not a failure; the tables are
+    empty but present, dimension_summary has its total row with zeros and
+    null rates (README), and the manifest says so."""
+    part = work["input"] / f"event_date={D}"
+    schema = pq.read_schema(part / "part-00000.parquet")
+    shutil.rmtree(part)
+    part.mkdir()
+    pq.write_table(schema.empty_table(), part / "part-00000.parquet")
+    assert_ok(run_job(work["input"], work["out"]))
+    m = assert_exactly_manifest_files(work["out"])
+    m, tables = committed(work["out"])
+    assert {t: m["tables"][t]["rows"] for t in TABLES} == {
+        "campaign_daily": 0, "dimension_summary": 1, "conversions_by_name": 0,
+        "rejected_events": 0}
+    assert m["rejected_rows"] == {r: 0 for r in REASONS}
+    d_inputs = [f for f in m["input_files"] if f"event_date={D}" in f["path"]]
+    assert [(Path(f["path"]).name, f["rows"]) for f in d_inputs] == [("part-00000.parquet", 0)]
+    assert tables["dimension_summary"].to_pylist() == [{
+        "dimension": "total", "dimension_value": "(all)", "events": 0, "users": 0,
+        "hard_conversions": 0, "soft_conversions": 0, "hard_converters": 0,
+        "soft_converters": 0, "hard_value": 0.0, "soft_value": 0.0,
+        "assisted_hard_conversions": 0, "hard_conversion_rate": None,
+        "soft_conversion_rate": None}]
+    for t in ("campaign_daily", "conversions_by_name"):
+        assert read_table(work["out"], t, D) == []
+
+
+# ====================================================== rules
+GOOD_RULE = '''
+[[conversion]]
+name = "purchase_ok"
+kind = "hard"
+when = "event_type = 'purchase'"
+value = "revenue"
+'''
+
+BAD_RULES = {
+    # case: (rule text appended after a good rule, name the error must carry)
+    "sql_syntax": ('''
+[[conversion]]
+name = "broken_syntax"
+kind = "soft"
+when = "event_type = = 'social_like' AND ("
+''', "broken_syntax"),
+    "unknown_column": ('''
+[[conversion]]
+name = "ghost_column"
+kind = "soft"
+when = "no_such_column = 'x'"
+''', "ghost_column"),
+    "non_boolean_when": ('''
+[[conversion]]
+name = "not_a_predicate"
+kind = "hard"
+when = "revenue + 1"
+''', "not_a_predicate"),
+    "string_when": ('''
+[[conversion]]
+name = "string_predicate"
+kind = "hard"
+when = "event_type"
+''', "string_predicate"),
+    "semicolon": ('''
+[[conversion]]
+name = "semi_colon"
+kind = "hard"
+when = "event_type = 'purchase';"
+''', "semi_colon"),
+    "second_statement": ('''
+[[conversion]]
+name = "two_statements"
+kind = "hard"
+when = "event_type = 'purchase'; DROP TABLE events"
+''', "two_statements"),
+    "select_statement": ('''
+[[conversion]]
+name = "select_stmt"
+kind = "hard"
+when = "event_type = 'purchase') OR (SELECT true"
+''', "select_stmt"),
+    "sub_query": ('''
+[[conversion]]
+name = "sub_query"
+kind = "hard"
+when = "event_id IN (SELECT event_id FROM events)"
+''', "sub_query"),
+    "duplicate_name": ('''
+[[conversion]]
+name = "purchase_ok"
+kind = "soft"
+when = "event_type = 'social_like'"
+''', "purchase_ok"),
+    "unknown_kind": ('''
+[[conversion]]
+name = "medium_kind"
+kind = "medium"
+when = "event_type = 'social_like'"
+''', "medium_kind"),
+    "bad_name": ('''
+[[conversion]]
+name = "Bad-Name"
+kind = "soft"
+when = "event_type = 'social_like'"
+''', "Bad-Name"),
+    "missing_when": ('''
+[[conversion]]
+name = "no_when"
+kind = "soft"
+''', "no_when"),
+    "non_numeric_value": ('''
+[[conversion]]
+name = "text_value"
+kind = "hard"
+when = "event_type = 'purchase'"
+value = "event_type"
+''', "text_value"),
+}
+
+
+def write_rules(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "my_rules.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RULES))
+def test_bad_rule_is_exit_2_naming_the_rule_in_run_and_validate(work, tmp_path, case):
+    text, name = BAD_RULES[case]
+    rules = write_rules(tmp_path, GOOD_RULE + text)
+    run_expect_failure(work, EXIT_ARGS, name, extra=("--rules", rules))
+    v = run_convmart("validate", "--rules", rules, "--input", work["input"], "--date", D,
+                     "--lookback-days", LOOKBACK)
+    assert_fails(v, EXIT_ARGS, name)
+
+
+def test_rule_file_that_is_not_toml_is_exit_2_naming_the_file(work, tmp_path):
+    rules = write_rules(tmp_path, GOOD_RULE + '\n[[conversion]\nname = "x"\n')
+    run_expect_failure(work, EXIT_ARGS, rules.name, extra=("--rules", rules))
+    assert_fails(run_convmart("validate", "--rules", rules), EXIT_ARGS, rules.name)
+
+
+def test_missing_rule_file_is_exit_2_naming_it(work, tmp_path):
+    rules = tmp_path / "does_not_exist.toml"
+    run_expect_failure(work, EXIT_ARGS, rules.name, extra=("--rules", rules))
+
+
+def test_good_rule_file_validates(work, tmp_path):
+    """Control for the cases above: the good rule alone is accepted."""
+    rules = write_rules(tmp_path, GOOD_RULE)
+    v = run_convmart("validate", "--rules", rules, "--input", work["input"], "--date", D,
+                     "--lookback-days", LOOKBACK)
+    assert_ok(v)
+
+
+# ====================================================== arguments
+@pytest.mark.parametrize("bad", ["2024-02-30", "2024-13-01", "2024-05-32", "03/05/2024",
+                                 "yesterday", ""])
+def test_invalid_date_is_exit_2_naming_the_argument(work, bad):
+    proc = run_convmart("run", "--input", work["input"], "--output", work["out"],
+                        "--date", bad, "--lookback-days", LOOKBACK)
+    assert_fails(proc, EXIT_ARGS, "--date")
+    assert_unchanged(work["before"], snapshot(work["out"]))
+
+
+def test_invalid_end_date_is_exit_2_naming_the_argument(work):
+    run_expect_failure(work, EXIT_ARGS, "--end-date", extra=("--end-date", "2024-04-31"))
+
+
+def test_end_date_before_date_is_exit_2(work):
+    run_expect_failure(work, EXIT_ARGS, "--end-date", extra=("--end-date", D_PREV))
+
+
+@pytest.mark.parametrize("bad", ["99999", "-1", "ten"])
+def test_unreasonable_lookback_is_exit_2(work, bad):
+    proc = run_convmart("run", "--input", work["input"], "--output", work["out"],
+                        "--date", D, f"--lookback-days={bad}")
+    assert_fails(proc, EXIT_ARGS, "--lookback-days")
+    assert_unchanged(work["before"], snapshot(work["out"]))
+
+
+def test_lookback_0_reads_only_the_report_date(work):
+    assert_ok(run_job(work["input"], work["out"], lookback=0))
+    m = assert_exactly_manifest_files(work["out"])
+    d_files = sorted((work["input"] / f"event_date={D}").glob("*.parquet"))
+    assert sorted(tail2(f["path"]) for f in m["input_files"]) == [tail2(p) for p in d_files]
+    assert m["rows_read"] == rows_in(d_files)
+    assert m["lookback_days"] == 0
+
+
+def test_lookback_3000_reads_only_existing_partitions(work, tmp_path):
+    """3000 days before D is 2016: the job must read the three partitions that
+    exist (not fail on the thousands that do not), and since every event lies
+    within 10 days of D the tables equal those of a 10-day lookback."""
+    assert_ok(run_job(work["input"], work["out"], lookback=3000))
+    m = assert_exactly_manifest_files(work["out"])
+    all_files = sorted(work["input"].glob("event_date=*/*.parquet"))
+    assert sorted(tail2(f["path"]) for f in m["input_files"]) == [tail2(p) for p in all_files]
+    assert m["rows_read"] == rows_in(all_files)
+    _, big = committed(work["out"])
+    out10 = tmp_path / "out10"
+    assert_ok(run_job(work["input"], out10, lookback=10))
+    _, ten = committed(out10)
+    assert_same_tables(big, ten, "lookback 3000 vs 10")
+
+
+def test_help_documents_the_exit_codes():
+    for args in (["--help"], ["run", "--help"]):
+        proc = run_convmart(*args)
+        assert_ok(proc)
+        for code in ("0", "2", "3", "65", "75"):
+            assert any(ln.strip().startswith(code + " ") for ln in proc.stdout.splitlines()), \
+                f"`convmart {' '.join(args)}` does not document exit code {code}"
