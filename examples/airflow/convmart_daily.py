@@ -17,10 +17,11 @@ Retries: convmart's exit code says whether a retry can help (SPEC section 6).
     anything else (crash, killed by a signal)       -> ordinary exception: retried
 
 A BashOperator cannot make that distinction (``skip_on_exit_code`` *skips*, it
-does not fail-without-retry), so the job runs in a ``@task`` that starts the
-binary with ``subprocess`` and maps its exit code to an exception. Retrying a
-failed run is safe: convmart writes the manifest last, so a failed run leaves
-the previous output of D intact, and a re-run replaces the partition.
+does not fail-without-retry), so the job runs in a small operator that starts
+the binary with ``subprocess`` and maps its exit code to an exception (and
+stops the binary when Airflow kills or times out the task). Retrying a failed
+run is safe: convmart writes the manifest last, so a failed run leaves the
+previous output of D intact, and a re-run replaces the partition.
 
 Configuration, read at run time (an Airflow Variable wins over the environment
 variable of the worker; nothing secret lives in this file):
@@ -47,7 +48,8 @@ an ``aws`` connection of the Amazon provider uses (that provider is not needed).
 Parse-time settings (environment of the DAG processor): CONVMART_START_DATE
 (first date to run, default 2024-01-01; catchup runs every day from there),
 CONVMART_MAX_ACTIVE_RUNS (default 2), CONVMART_RETRIES (default 3),
-CONVMART_RETRY_DELAY_SECONDS (default 300).
+CONVMART_RETRY_DELAY_SECONDS (default 300), CONVMART_EXECUTION_TIMEOUT_SECONDS
+(default 14400: a run longer than 4 h is stopped and retried).
 
 See README.md beside this file.
 """
@@ -69,13 +71,12 @@ import pendulum
 from airflow.sdk import (
     DAG,
     Asset,
+    BaseOperator,
     BaseSensorOperator,
     Connection,
     CronDataIntervalTimetable,
     PokeReturnValue,
     Variable,
-    get_current_context,
-    task,
 )
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -244,6 +245,112 @@ def _check_manifest(output: str, ds: str, env: dict[str, str]) -> dict | None:
     }
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the task process dies, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux / no libc: on_kill and the finally block still apply
+        pass
+
+
+class ConvmartRunOperator(BaseOperator):
+    """Runs `convmart run` for one date; exit 2/3/65 fail without retry, 75 and others are retried.
+
+    A small operator rather than ``@task`` so that ``on_kill`` (called by Airflow on
+    SIGTERM and on execution_timeout) can stop the convmart process.
+    Returns (XCom) the URL of the run manifest.
+    """
+
+    template_fields = ("event_date",)
+
+    def __init__(self, *, event_date: str = "{{ ds }}", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.event_date = event_date
+        self._proc: subprocess.Popen | None = None
+
+    def execute(self, context) -> str:
+        ds = self.event_date
+        binary = _setting("convmart_bin", "convmart")
+        resolved = shutil.which(binary)
+        if resolved is None:
+            raise AirflowFailException(
+                f"convmart: binary {binary!r} not found or not executable on this worker "
+                "(set the Variable convmart_bin or the environment variable CONVMART_BIN)"
+            )
+        output = _required("convmart_output")
+        cmd = [
+            resolved, "run",
+            "--input", _required("convmart_input"),
+            "--output", output,
+            "--date", ds,
+            "--log-format", "json",
+        ]  # fmt: skip
+        for name, flag in (
+            ("convmart_rules", "--rules"),
+            ("convmart_lookback_days", "--lookback-days"),
+            ("convmart_attribution", "--attribution"),
+            ("convmart_memory_limit", "--memory-limit"),
+            ("convmart_max_rejected_ratio", "--max-rejected-ratio"),
+        ):
+            value = _setting(name)
+            if value:
+                cmd += [flag, str(value)]
+        env = _s3_env()
+        _mask(env)
+
+        log.info("running: %s", " ".join(cmd))  # the command line holds no secret
+        tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._proc = proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # JSON log lines (progress, errors) go to the task log as they come
+                line = line.rstrip("\n")
+                if line:
+                    log.info("convmart: %s", line)
+                    tail.append(line)
+            rc = proc.wait()
+        finally:  # an exception (timeout) while convmart runs: do not leave it running
+            self._stop()
+
+        last = tail[-1] if tail else "(no output)"
+        if rc == 0:
+            manifest = _manifest_url(output, ds)
+            log.info("convmart finished for %s; manifest %s", ds, manifest)
+            return manifest
+        if rc in NOT_RETRYABLE:
+            raise AirflowFailException(f"convmart exit {rc} ({NOT_RETRYABLE[rc]}), not retried: {last}")
+        if rc == EXIT_TEMPORARY:
+            raise ConvmartTemporaryError(f"convmart exit 75 (temporary fault), will be retried: {last}")
+        raise ConvmartTemporaryError(f"convmart exit {rc} (unexpected), will be retried: {last}")
+
+    def on_kill(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        log.warning("stopping convmart (pid %s)", proc.pid)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ConvmartManifestSensor(BaseSensorOperator):
     """Waits until the run manifest of `event_date` exists and every file it lists is there.
 
@@ -303,73 +410,11 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
 
-    @task(task_id="run_convmart", execution_timeout=timedelta(hours=4))
-    def run_convmart() -> str:
-        """Run `convmart run` for ds; exit 2/3/65 fail at once, 75 and others are retried."""
-        ctx = get_current_context()
-        ds = ctx["ds"]
-        binary = _setting("convmart_bin", "convmart")
-        resolved = shutil.which(binary)
-        if resolved is None:
-            raise AirflowFailException(
-                f"convmart: binary {binary!r} not found or not executable on this worker "
-                "(set the Variable convmart_bin or the environment variable CONVMART_BIN)"
-            )
-        output = _required("convmart_output")
-        cmd = [
-            resolved, "run",
-            "--input", _required("convmart_input"),
-            "--output", output,
-            "--date", ds,
-            "--log-format", "json",
-        ]  # fmt: skip
-        for name, flag in (
-            ("convmart_rules", "--rules"),
-            ("convmart_lookback_days", "--lookback-days"),
-            ("convmart_attribution", "--attribution"),
-            ("convmart_memory_limit", "--memory-limit"),
-            ("convmart_max_rejected_ratio", "--max-rejected-ratio"),
-        ):
-            value = _setting(name)
-            if value:
-                cmd += [flag, str(value)]
-        env = _s3_env()
-        _mask(env)
-
-        log.info("running: %s", " ".join(cmd))  # the command line holds no secret
-        tail: collections.deque[str] = collections.deque(maxlen=20)
-        proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # JSON log lines (progress, errors) go to the task log as they come
-                line = line.rstrip("\n")
-                if line:
-                    log.info("convmart: %s", line)
-                    tail.append(line)
-            rc = proc.wait()
-        finally:  # task timeout, SIGTERM from Airflow: do not leave the job running
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-        last = tail[-1] if tail else "(no output)"
-        if rc == 0:
-            manifest = _manifest_url(output, ds)
-            log.info("convmart finished for %s; manifest %s", ds, manifest)
-            return manifest
-        if rc in NOT_RETRYABLE:
-            raise AirflowFailException(f"convmart exit {rc} ({NOT_RETRYABLE[rc]}), not retried: {last}")
-        if rc == EXIT_TEMPORARY:
-            raise ConvmartTemporaryError(f"convmart exit 75 (temporary fault), will be retried: {last}")
-        raise ConvmartTemporaryError(f"convmart exit {rc} (unexpected), will be retried: {last}")
-
-    run_convmart() >> ConvmartManifestSensor(
+    ConvmartRunOperator(
+        task_id="run_convmart",
+        event_date="{{ ds }}",
+        execution_timeout=timedelta(seconds=int(os.environ.get("CONVMART_EXECUTION_TIMEOUT_SECONDS", "14400"))),
+    ) >> ConvmartManifestSensor(
         task_id="wait_for_manifest",
         event_date="{{ ds }}",
         poke_interval=60,

@@ -14,10 +14,14 @@ VENV="${AIRFLOW_VENV:-$ROOT/.venv-airflow}"
 PYTHON="${AIRFLOW_PYTHON:-python3}"
 
 # Pinned. Airflow 3.3.2 is the version the DAG and the test were written for.
-# pyarrow is what the DAG's manifest sensor uses to read S3 / local storage.
+# pyarrow is what the DAG's manifest sensor uses to read S3 / local storage
+# (same version as tests/requirements.txt). pytest is there so that the test can
+# also be run as `.venv-airflow/bin/python -m pytest tests/airflow`; the test
+# itself drives Airflow through this venv's `airflow` CLI either way.
 REQUIREMENTS=(
   "apache-airflow==3.3.2"
   "pyarrow==26.0.1"
+  "pytest==9.2.0"
 )
 STAMP="$VENV/.convmart-requirements"
 WANT="$(printf '%s\n' "${REQUIREMENTS[@]}")"

@@ -6,6 +6,7 @@ module runs in the test venv (pytest, pyarrow, the SeaweedFS fixture) and
 drives Airflow through its CLI, as an operator would:
 
     bash tests/airflow/setup.sh && .venv/bin/python -m pytest tests/airflow -q
+    (or .venv-airflow/bin/python -m pytest tests/airflow -q: setup.sh puts pytest there too)
 
 What it checks:
 - the DAG file compiles (`python -m py_compile`) and imports into a DagBag
@@ -37,6 +38,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "py"))
+# SeaweedFS' `weed` lives in the test venv; find it also when pytest runs from .venv-airflow.
+if not os.environ.get("WEED_BIN") and (ROOT / ".venv" / "bin" / "weed").exists():
+    os.environ["WEED_BIN"] = str(ROOT / ".venv" / "bin" / "weed")
 from s3server import s3  # noqa: E402,F401  (registers the session fixture `s3`)
 
 AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", ROOT / ".venv-airflow"))
@@ -321,9 +325,46 @@ n=$(wc -l < {calls})
 codes=({codes})
 code=${{codes[$((n - 1))]:-${{codes[-1]}}}}
 if [ "$code" = real ]; then exec {real} "$@"; fi
+if [ "$code" = hang ]; then echo $$ > {calls}.pid; exec sleep 300; fi
 echo '{{"level":"ERROR","message":"stand-in failure","exit_code":'"$code"'}}' >&2
 exit "$code"
 """
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_execution_timeout_stops_the_convmart_process(airflow, generated, tmp_path):
+    calls_file = tmp_path / "calls"
+    fake = tmp_path / "convmart-fake"
+    fake.write_text(FAKE.format(calls=calls_file, codes="hang", real=CONVMART_BIN))
+    fake.chmod(0o755)
+    env = {
+        "CONVMART_BIN": str(fake),
+        "CONVMART_INPUT": str(generated),
+        "CONVMART_OUTPUT": str(tmp_path / "output"),
+        "CONVMART_RETRIES": "0",
+        "CONVMART_EXECUTION_TIMEOUT_SECONDS": "5",
+    }
+    t0 = time.monotonic()
+    rc, out, log = airflow.run("dags", "test", DAG_ID, "2024-04-06", env=env, timeout=240)
+    assert rc != 0, f"a timed-out run must fail (log {log})"
+    assert time.monotonic() - t0 < 200, "the task did not time out"
+    assert "stopping convmart (pid" in out, f"the operator did not stop convmart itself (log {log})"
+    pid = int((tmp_path / "calls.pid").read_text())
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(pid), f"convmart (pid {pid}) still runs after the task timed out (log {log})"
 
 
 @pytest.mark.parametrize(
