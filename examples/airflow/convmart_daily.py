@@ -89,7 +89,7 @@ TABLES = ("campaign_daily", "dimension_summary", "conversions_by_name", "rejecte
 NOT_RETRYABLE = {
     2: "bad arguments or rules",
     3: "no input partition for the report date",
-    65: "data error (corrupt Parquet or a required column missing)",
+    65: "data error (corrupt Parquet, a required column missing, too many rejected rows)",
 }
 EXIT_TEMPORARY = 75
 
