@@ -85,16 +85,14 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
                                   f"--- stderr ---\n{proc.stderr[-3000:]}")
 
 
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every file (bytes) and directory under root, by relative path."""
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root (its bytes), by relative path. Directories are not
+    compared: an empty directory is nothing a reader or the next run sees."""
     root = Path(root)
-    out: dict[str, bytes | str] = {}
     if not root.exists():
-        return out
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = p.read_bytes() if p.is_file() else "<dir>"
-    return out
+        return {}
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def assert_unchanged(before: dict, after: dict, what: str = "output") -> None:
@@ -526,3 +524,312 @@ def test_help_documents_the_exit_codes():
         for code in ("0", "2", "3", "65", "75"):
             assert any(ln.strip().startswith(code + " ") for ln in proc.stdout.splitlines()), \
                 f"`convmart {' '.join(args)}` does not document exit code {code}"
+
+
+# ====================================================== quarantine
+Q_D, Q_PREV = "2024-06-10", "2024-06-09"
+Q_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")),
+    ("event_type", pa.string()), ("user_id", pa.string()), ("anonymous_id", pa.string()),
+    ("utm_source", pa.string()), ("utm_medium", pa.string()), ("utm_campaign", pa.string()),
+    ("utm_content", pa.string()), ("utm_term", pa.string()), ("device_type", pa.string()),
+    ("country", pa.string()), ("revenue", pa.float64()), ("row_tag", pa.string()),
+])
+
+
+def _ev(tag, event_id, event_type, t, user="u0", src="rej_src", revenue=1.5):
+    return {"event_id": event_id, "event_time": t, "event_type": event_type, "user_id": user,
+            "anonymous_id": None, "utm_source": src, "utm_medium": "cpc", "utm_campaign": "c1",
+            "utm_content": None, "utm_term": None, "device_type": "mobile", "country": "DE",
+            "revenue": revenue, "row_tag": tag}
+
+
+T0 = datetime(2024, 6, 10, 12, 0, tzinfo=timezone.utc)
+# rejected rows of D and their reason (SPEC 3.1: first that applies, in the
+# order event_id, event_type, event_time; empty strings count as missing)
+Q_REJECTED = {
+    "r1": ("missing_event_id", _ev("r1", None, "purchase", T0)),
+    "r2": ("missing_event_id", _ev("r2", "", "purchase", T0)),
+    "r3": ("missing_event_type", _ev("r3", "e-r3", None, T0)),
+    "r4": ("missing_event_type", _ev("r4", "e-r4", "", T0)),
+    "r5": ("missing_event_time", _ev("r5", "e-r5", "purchase", None)),
+    "r6": ("missing_event_id", _ev("r6", None, None, None)),
+    "r7": ("missing_event_type", _ev("r7", "e-r7", "", None)),
+}
+Q_VALID = [_ev(f"v{i}", f"e-v{i}", "purchase" if i == 1 else "page_view",
+               T0 + timedelta(minutes=i), user=f"u{i}", src="google", revenue=10.0)
+           for i in range(1, 8)]
+# D: 14 rows, 7 rejected -> ratio 0.5. D-1: 4 rows, 1 rejected (not counted for D).
+Q_PREV_ROWS = [_ev("p-rej", None, "page_view", T0 - timedelta(days=1))] + [
+    _ev(f"p{i}", f"e-p{i}", "page_view", T0 - timedelta(days=1), user=f"u{i}", src="bing")
+    for i in range(1, 4)]
+
+
+@pytest.fixture
+def quarantine_input(tmp_path):
+    inp = tmp_path / "q_input"
+    for d, rows in ((Q_D, Q_VALID + [r for _, r in Q_REJECTED.values()]),
+                    (Q_PREV, Q_PREV_ROWS)):
+        (inp / f"event_date={d}").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=Q_SCHEMA),
+                       inp / f"event_date={d}" / "part-00000.parquet")
+    return inp
+
+
+def test_rejected_rows_land_in_rejected_events_with_their_reason(quarantine_input, tmp_path):
+    out = tmp_path / "out"
+    assert_ok(run_job(quarantine_input, out, date_=Q_D, lookback=1))
+    assert_exactly_manifest_files(out, Q_D)
+    m, tables = committed(out, Q_D)
+    rej = tables["rejected_events"]
+    spec_cols = [f.name for f in Q_SCHEMA][:-1]
+    assert rej.schema.names == spec_cols + ["row_tag", "reject_reason"], rej.schema.names
+    got = {r["row_tag"]: r for r in rej.to_pylist()}
+    # only partition D's rejected rows, each once, with its reason
+    assert sorted(got) == sorted(Q_REJECTED)
+    for tag, (reason, row) in Q_REJECTED.items():
+        assert got[tag]["reject_reason"] == reason, (tag, got[tag])
+        for c in ("event_id", "event_type", "utm_source", "revenue", "country"):
+            assert got[tag][c] == row[c], (tag, c, got[tag][c], row[c])
+    assert m["rejected_rows"] == {"missing_event_id": 3, "missing_event_type": 3,
+                                  "missing_event_time": 1}
+    assert m["rows_read"] == 18
+    # rejected rows take part in nothing else: 7 valid events of D, 7 users
+    total = [r for r in tables["dimension_summary"].to_pylist() if r["dimension"] == "total"]
+    assert len(total) == 1 and total[0]["events"] == 7 and total[0]["users"] == 7, total
+    assert total[0]["hard_conversions"] == 1 and total[0]["hard_value"] == 10.0, total
+
+
+@pytest.mark.parametrize("ratio", ["0.45", "0"])
+def test_max_rejected_ratio_exceeded_is_65_and_writes_nothing(quarantine_input, tmp_path, ratio):
+    """D has 7 of 14 rows rejected (0.5). 0.45 is exceeded by D's own ratio
+    (the whole window's 8/18 = 0.44 would not be: the limit is about D)."""
+    out = tmp_path / "out"
+    assert_ok(run_job(quarantine_input, out, date_=Q_D, lookback=1))
+    before = snapshot(out)
+    proc = run_job(quarantine_input, out, "--max-rejected-ratio", ratio, date_=Q_D, lookback=1)
+    line = assert_fails(proc, EXIT_DATA)
+    assert "reject" in line, line
+    assert_unchanged(before, snapshot(out))
+    fresh = tmp_path / "fresh"
+    proc = run_job(quarantine_input, fresh, "--max-rejected-ratio", ratio, date_=Q_D, lookback=1)
+    assert_fails(proc, EXIT_DATA)
+    files = [p for p in fresh.rglob("*") if p.is_file()] if fresh.exists() else []
+    assert not files, f"a run over the rejected-rows limit wrote {files}"
+
+
+@pytest.mark.parametrize("ratio", ["0.5", "0.51", "1"])
+def test_max_rejected_ratio_not_exceeded_succeeds(quarantine_input, tmp_path, ratio):
+    """0.5 is not *more than* 0.5: the run succeeds."""
+    out = tmp_path / "out"
+    assert_ok(run_job(quarantine_input, out, "--max-rejected-ratio", ratio, date_=Q_D,
+                      lookback=1))
+    m = assert_exactly_manifest_files(out, Q_D)
+    assert sum(m["rejected_rows"].values()) == 7
+
+
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "abc", "NaN"])
+def test_invalid_max_rejected_ratio_is_exit_2(work, bad):
+    run_expect_failure(work, EXIT_ARGS, "--max-rejected-ratio",
+                       extra=(f"--max-rejected-ratio={bad}",))
+
+
+# ====================================================== background runs
+class Job:
+    """convmart started in the background; a thread collects stderr lines so a
+    test can act when a given log line appears."""
+
+    def __init__(self, *args, env: dict | None = None):
+        full_env = dict(os.environ)
+        full_env.setdefault("RUST_BACKTRACE", "0")
+        full_env.update(env or {})
+        self.args = [str(convmart_bin()), *map(str, args)]
+        self.lines: list[str] = []
+        self.stdout = ""
+        self._eof = False
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True, env=full_env)
+        self._threads = [threading.Thread(target=self._read_err, daemon=True),
+                         threading.Thread(target=self._read_out, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read_err(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _read_out(self):
+        self.stdout = self.proc.stdout.read()
+
+    def wait_for(self, text: str, nth: int = 1, timeout: float = 120) -> bool:
+        """True once the nth stderr line containing `text` was printed; False if
+        the process ended (or the timeout passed) first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if sum(text in ln for ln in self.lines) >= nth:
+                    return True
+                if self._eof or time.monotonic() > deadline:
+                    return False
+                self._cond.wait(0.05)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+
+    def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.wait(10)
+        for t in self._threads:
+            t.join(10)
+        return subprocess.CompletedProcess(self.args, rc, self.stdout, "".join(self.lines))
+
+
+def run_id_of(stdout: str) -> str | None:
+    """The run id a successful run prints: `D committed: run <id> (...)`."""
+    for ln in stdout.splitlines():
+        if " committed: run " in ln:
+            return ln.split(" committed: run ", 1)[1].split()[0]
+    return None
+
+
+def lock_path(out: Path, date_: str = D) -> Path:
+    return Path(out) / "_runs" / f"event_date={date_}.lock"
+
+
+def wait_until_lock_stale(out: Path, stale: float, date_: str = D) -> None:
+    """A killed run's lock is taken over once not refreshed for `stale` s."""
+    p = lock_path(out, date_)
+    while True:
+        try:
+            age = time.time() - p.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale + 0.15:
+            return
+        time.sleep(stale + 0.15 - age)
+
+
+STALE = 1.0
+CRASH_ENV = {"CONVMART_LOCK_STALE_SECS": str(STALE)}
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A bigger generated input (runs last a few seconds) and its first good run."""
+    root = tmp_path_factory.mktemp("failures_big")
+    inp = generate(root / "input", events_per_day=BIG_EVENTS_PER_DAY)
+    out = root / "out"
+    assert_ok(run_job(inp, out))
+    _, ref = committed(out)
+    return {"input": inp, "out": out, "ref": ref}
+
+
+# ====================================================== crash safety
+def test_sigkill_at_many_moments_of_a_rerun_never_shows_a_half_written_date(big, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(big["out"], out)
+    t0 = time.monotonic()
+    assert_ok(run_job(big["input"], out, env=CRASH_ENV))
+    duration = time.monotonic() - t0
+    # moments: 10 spread over the run's measured duration, and on log lines that
+    # mark the write and commit phase (with small delays after the last one)
+    moments = [("delay", f"{duration * (i + 0.5) / 10:.2f}s", None, duration * (i + 0.5) / 10)
+               for i in range(10)]
+    moments += [("line", "lock taken", 1, 0.0)] + \
+        [("line", "table staged", n, 0.0) for n in (1, 2, 3, 4)] + \
+        [("line", "table staged", 4, d) for d in (0.02, 0.05, 0.1)]
+    log = []
+    killed = 0
+    for kind, what, nth, delay in moments:
+        wait_until_lock_stale(out, STALE)
+        job = Job("run", "--input", big["input"], "--output", out, "--date", D,
+                  "--lookback-days", LOOKBACK, env=CRASH_ENV)
+        if kind == "delay":
+            time.sleep(delay)
+        else:
+            assert job.wait_for(what, nth), \
+                f"never saw line #{nth} {what!r}:\n{''.join(job.lines)[-3000:]}"
+            time.sleep(delay)
+        job.kill()
+        res = job.finish()
+        assert res.returncode in (-signal.SIGKILL, 0), (
+            f"run to be killed at {what} exited {res.returncode}:\n{res.stderr[-3000:]}")
+        killed += res.returncode == -signal.SIGKILL
+        # a reader that follows the manifest sees one complete run
+        m, tables = committed(out)
+        assert_same_tables(tables, big["ref"], f"after SIGKILL at {what} (#{nth})")
+        log.append(f"{what}#{nth}+{delay}: exit {res.returncode}, manifest run {m['run_id']}")
+    assert killed >= 10, f"only {killed} runs were really killed:\n" + "\n".join(log)
+    # the next normal run completes and leaves exactly one run's files
+    wait_until_lock_stale(out, STALE)
+    final = run_job(big["input"], out, env=CRASH_ENV)
+    assert_ok(final)
+    m = assert_exactly_manifest_files(out)
+    assert m["run_id"] == run_id_of(final.stdout)
+    assert not lock_path(out).exists(), "the lock of a finished run is still there"
+    _, tables = committed(out)
+    assert_same_tables(tables, big["ref"], "final run after the kills")
+
+
+# ====================================================== concurrency
+def assert_one_winner(results, out, ref, what, winners=(1,)):
+    """Exit codes: `winners` gives the allowed numbers of runs exiting 0, all
+    others exit 75 naming the lock; the output is one run's files, the
+    manifest's, equal to the reference tables."""
+    codes = sorted(r.returncode for r in results)
+    assert codes.count(0) in winners and all(c in (0, EXIT_TEMP) for c in codes), (
+        f"{what}: exit codes {codes}, expected {' or '.join(map(str, winners))} 0 and the "
+        f"others 75\n" + "\n".join(
+            f"--- run {i} stderr ---\n{r.stderr[-1500:]}" for i, r in enumerate(results)))
+    for r in results:
+        if r.returncode == EXIT_TEMP:
+            line = error_line(r)
+            assert "locked" in line and D in line, line
+    m = assert_exactly_manifest_files(out)
+    winner = next((r for r in results if r.returncode == 0), None)
+    if winner is not None:
+        assert m["run_id"] == run_id_of(winner.stdout), (m["run_id"], winner.stdout)
+    _, tables = committed(out)
+    assert_same_tables(tables, ref, what)
+    assert not lock_path(out).exists(), "the lock of a finished run is still there"
+
+
+def test_two_runs_of_the_same_date_at_once_leave_one_run_local(big, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(big["out"], out)
+    args = ("run", "--input", big["input"], "--output", out, "--date", D,
+            "--lookback-days", LOOKBACK)
+    jobs = [Job(*args), Job(*args)]
+    results = [j.finish() for j in jobs]
+    assert_one_winner(results, out, big["ref"], "two concurrent runs")
+
+
+def test_runs_racing_to_take_over_a_stale_lock_leave_one_run(big, tmp_path):
+    """A crashed run left its lock; three retries start together, each sees the
+    stale lock and tries to take it over. At most one may commit; the others
+    exit 75 (a lock is a temporary condition, never a data error: 65 tells the
+    scheduler not to retry); the date holds one run's files."""
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        shutil.copytree(big["out"], out)
+        lk = lock_path(out)
+        lk.write_text(json.dumps({"run_id": "crashed-run", "pid": 1,
+                                  "refreshed_at": "2024-01-01T00:00:00Z"}))
+        old = time.time() - 3600
+        os.utime(lk, (old, old))
+        args = ("run", "--input", big["input"], "--output", out, "--date", D,
+                "--lookback-days", LOOKBACK)
+        jobs = [Job(*args, env=CRASH_ENV) for _ in range(3)]
+        results = [j.finish() for j in jobs]
+        assert_one_winner(results, out, big["ref"], f"stale-lock takeover race #{attempt}",
+                          winners=(0, 1))
