@@ -5,10 +5,10 @@
 
 use crate::error::{Error, Result};
 use datafusion::prelude::SessionContext;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
@@ -158,16 +158,37 @@ fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
         max_retries: 5,
         retry_timeout: retry_timeout(),
     };
-    let client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(120));
+    // Timeouts go in as config keys: `with_client_options` would replace the
+    // client options `from_env` read (AWS_ALLOW_HTTP, AWS_PROXY_URL, ...).
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_retry(retry)
-        .with_client_options(client);
+        .with_retry(retry);
+    for (key, default) in [
+        (ClientConfigKey::ConnectTimeout, "5s"),
+        (ClientConfigKey::Timeout, "120s"),
+    ] {
+        let key = AmazonS3ConfigKey::Client(key);
+        if builder.get_config_value(&key).is_none() {
+            builder = builder.with_config(key, default);
+        }
+    }
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {
         builder = builder.with_region("us-east-1");
+    }
+    let endpoint = builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_default();
+    let allow_http = builder
+        .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+    if endpoint.starts_with("http://") && !allow_http {
+        return Err(Error::argument(
+            "AWS_ALLOW_HTTP",
+            format!(
+                "the S3 endpoint {endpoint} is plain HTTP; set AWS_ALLOW_HTTP=true to allow it"
+            ),
+        ));
     }
     let store = builder.build().map_err(|e| {
         Error::argument(
