@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -833,3 +834,224 @@ def test_runs_racing_to_take_over_a_stale_lock_leave_one_run(big, tmp_path):
         results = [j.finish() for j in jobs]
         assert_one_winner(results, out, big["ref"], f"stale-lock takeover race #{attempt}",
                           winners=(0, 1))
+
+
+# ====================================================== storage faults (real SeaweedFS)
+CANARY_SECRET = "cmSECRETcanary-Zq7Vx3Lp9Ke2Wb5Nf8Hd"
+CANARY_TOKEN = "cmTOKENcanary-Rt4Yu6Io1Pa3Sd5Fg7Jk"
+CANARY_WRONG = "cmWRONGcanary-Mn2Bv4Cx6Zl8Kj0Hg1Fd"
+RETRY_SECS = 3
+
+
+class OwnS3(S3Server):
+    """A private SeaweedFS for the tests that stop it: `stop()` is SIGKILL,
+    `start()` again restarts it on the same data directory and ports."""
+
+    def start(self, timeout: float = 60.0) -> "OwnS3":
+        if not self.ports:
+            return super().start(timeout)
+        keep = [self.ports[k] for k in ("s3", "master", "volume", "filer", "webdav", "admin")]
+        orig = s3server.pick_ports
+        s3server.pick_ports = lambda n: list(keep)
+        try:
+            return super().start(timeout)
+        finally:
+            s3server.pick_ports = orig
+
+
+@pytest.fixture(scope="module")
+def own_s3(tmp_path_factory):
+    """Its secret key is a canary string, so the secrets test can look for it."""
+    srv = OwnS3(data_dir=tmp_path_factory.mktemp("own_seaweedfs"), secret_key=CANARY_SECRET,
+                buckets=("convmart-faults",))
+    try:
+        srv.start()
+    except RuntimeError as e:
+        pytest.fail(f"could not start SeaweedFS: {e}", pytrace=False)
+    yield srv
+    srv.stop()
+
+
+def endpoint_host_port(env: dict) -> str:
+    """host:port of the endpoint convmart is told to use."""
+    return env["AWS_ENDPOINT_URL"].split("://", 1)[1].rstrip("/")
+
+
+def s3_snapshot(srv: S3Server, prefix: str) -> dict[str, bytes]:
+    return {k: srv.read_bytes(f"{prefix}/{k}") for k in srv.list(prefix)}
+
+
+def s3_committed_locally(srv: S3Server, prefix: str, dest: Path):
+    """Download the output prefix and look at it with the local-disk helpers."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    srv.download_dir(prefix, dest)
+    return dest
+
+
+def no_secret_in(text: str | bytes, *secrets: str) -> list[str]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return [s for s in secrets if s in text or s[-16:] in text]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_s3_down_before_the_run_is_75_naming_the_endpoint_never_the_secret(own_s3, base):
+    srv, prefix = own_s3, "down"
+    srv.upload_dir(base["input"], f"{prefix}/events")
+    env = {**srv.env(), "CONVMART_S3_RETRY_SECS": str(RETRY_SECS)}
+    inp, out = srv.url(f"{prefix}/events"), srv.url(f"{prefix}/out")
+    assert_ok(run_job(inp, out, env=env))
+    before = s3_snapshot(srv, f"{prefix}/out")
+    srv.stop()
+    try:
+        t0 = time.monotonic()
+        proc = run_job(inp, out, env=env, timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        srv.start()
+    assert_fails(proc, EXIT_TEMP, endpoint_host_port(env))
+    assert not no_secret_in(proc.stdout + proc.stderr, srv.secret_key)
+    assert elapsed < RETRY_SECS + 10, (
+        f"CONVMART_S3_RETRY_SECS={RETRY_SECS} but the run took {elapsed:.1f}s to give up")
+    assert_unchanged(before, s3_snapshot(srv, f"{prefix}/out"))
+
+
+def test_s3_killed_while_writing_outputs_keeps_the_previous_output(own_s3, big, tmp_path):
+    srv, prefix = own_s3, "midwrite"
+    srv.upload_dir(big["input"], f"{prefix}/events")
+    env = {**srv.env(), "CONVMART_S3_RETRY_SECS": str(RETRY_SECS), **CRASH_ENV}
+    inp, out = srv.url(f"{prefix}/events"), srv.url(f"{prefix}/out")
+    assert_ok(run_job(inp, out, env=env))
+    before = s3_snapshot(srv, f"{prefix}/out")
+    manifest_key = f"_runs/event_date={D}.json"
+    first = json.loads(before[manifest_key])
+    job = Job("run", "--input", inp, "--output", out, "--date", D, "--lookback-days", LOOKBACK,
+              env=env)
+    try:
+        assert job.wait_for("table staged"), f"no table was staged:\n{''.join(job.lines)[-3000:]}"
+        srv.stop()
+        res = job.finish(timeout=120)
+    finally:
+        srv.stop()
+        srv.start()
+    assert_fails(res, EXIT_TEMP, endpoint_host_port(env))
+    after = s3_snapshot(srv, f"{prefix}/out")
+    # no manifest for the failed run: the previous one, byte for byte
+    assert after.get(manifest_key) == before[manifest_key], "the manifest changed"
+    # its files are intact and readable with pyarrow straight from S3
+    fs = srv.filesystem()
+    for t in TABLES:
+        for f in first["tables"][t]["files"]:
+            assert after.get(f["path"]) == before[f["path"]], f"{f['path']} changed or vanished"
+            tbl = pq.read_table(f"{srv.bucket}/{prefix}/out/{f['path']}", filesystem=fs)
+            assert tbl.num_rows == f["rows"]
+    local = s3_committed_locally(srv, f"{prefix}/out", tmp_path / "after_kill")
+    _, tables = committed(local)
+    assert_same_tables(tables, big["ref"], "after the S3 server died mid-write")
+    # safe to retry: the next run commits and leaves exactly one run's files
+    time.sleep(STALE + 0.2)
+    retry = run_job(inp, out, env=env)
+    assert_ok(retry)
+    local = s3_committed_locally(srv, f"{prefix}/out", tmp_path / "after_retry")
+    m = assert_exactly_manifest_files(local)
+    assert m["run_id"] == run_id_of(retry.stdout)
+    assert not lock_path(local).exists(), "the lock of the finished run is still there"
+    _, tables = committed(local)
+    assert_same_tables(tables, big["ref"], "retry after the S3 outage")
+
+
+@pytest.mark.parametrize("wrong", ["secret", "access_key"])
+def test_wrong_s3_credentials_are_exit_2_and_write_nothing(s3, base, wrong):
+    prefix = f"wrongcreds-{wrong}"
+    s3.upload_dir(base["input"], f"{prefix}/events")
+    inp, out = s3.url(f"{prefix}/events"), s3.url(f"{prefix}/out")
+    assert_ok(run_job(inp, out, env=s3.env()))
+    before = s3_snapshot(s3, f"{prefix}/out")
+    env = {**s3.env(), "CONVMART_S3_RETRY_SECS": str(RETRY_SECS)}
+    if wrong == "secret":
+        env["AWS_SECRET_ACCESS_KEY"] = CANARY_WRONG
+    else:
+        env["AWS_ACCESS_KEY_ID"] = "no-such-key-id"
+    t0 = time.monotonic()
+    proc = run_job(inp, out, env=env, timeout=120)
+    elapsed = time.monotonic() - t0
+    line = assert_fails(proc, EXIT_ARGS, "AWS_ACCESS_KEY_ID")
+    assert "denied" in line.lower(), line
+    assert not no_secret_in(proc.stdout + proc.stderr, CANARY_WRONG, s3.secret_key)
+    assert elapsed < RETRY_SECS + 10, f"wrong credentials took {elapsed:.1f}s to report"
+    assert_unchanged(before, s3_snapshot(s3, f"{prefix}/out"))
+
+
+def test_two_runs_of_the_same_date_at_once_leave_one_run_s3(s3, big, tmp_path):
+    prefix = "concurrent"
+    s3.upload_dir(big["input"], f"{prefix}/events")
+    inp, out = s3.url(f"{prefix}/events"), s3.url(f"{prefix}/out")
+    assert_ok(run_job(inp, out, env=s3.env()))
+    args = ("run", "--input", inp, "--output", out, "--date", D, "--lookback-days", LOOKBACK)
+    jobs = [Job(*args, env=s3.env()), Job(*args, env=s3.env())]
+    results = [j.finish() for j in jobs]
+    local = s3_committed_locally(s3, f"{prefix}/out", tmp_path / "out")
+    assert_one_winner(results, local, big["ref"], "two concurrent runs on S3")
+
+
+# ====================================================== secrets
+def test_secrets_never_appear_in_output_logs_or_manifest(own_s3, base):
+    srv, prefix = own_s3, "secrets"
+    srv.upload_dir(base["input"], f"{prefix}/events")
+    inp, out = srv.url(f"{prefix}/events"), srv.url(f"{prefix}/out")
+    good = {**srv.env(), "CONVMART_S3_RETRY_SECS": "2"}
+    assert good["AWS_SECRET_ACCESS_KEY"] == CANARY_SECRET
+    token = {**good, "AWS_SESSION_TOKEN": CANARY_TOKEN}
+    down = {**token, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    wrong = {**token, "AWS_SECRET_ACCESS_KEY": CANARY_WRONG}
+    debug = {"CONVMART_LOG": "debug"}
+    runs = [  # (what, args, env, expected exit)
+        ("run, text logs", ["run"], good, EXIT_OK),
+        ("run, json logs, debug", ["run", "--log-format", "json"], {**good, **debug}, EXIT_OK),
+        ("run, text, debug", ["run"], {**good, **debug}, EXIT_OK),
+        # SeaweedFS has no STS: a session token makes it refuse the request
+        ("run with session token", ["run"], token, EXIT_ARGS),
+        ("run with session token, json, debug", ["run", "--log-format", "json"],
+         {**token, **debug}, EXIT_ARGS),
+        ("wrong secret", ["run"], wrong, EXIT_ARGS),
+        ("wrong secret, json", ["run", "--log-format", "json"], wrong, EXIT_ARGS),
+        ("S3 down", ["run"], down, EXIT_TEMP),
+        ("S3 down, json, debug", ["run", "--log-format", "json"], {**down, **debug}, EXIT_TEMP),
+    ]
+    leaks, codes = [], []
+    for what, cmd, env, want in runs:
+        proc = run_convmart(*cmd, "--input", inp, "--output", out, "--date", D,
+                            "--lookback-days", LOOKBACK, env=env, timeout=120)
+        codes.append((what, proc.returncode, want))
+        found = no_secret_in(proc.stdout + proc.stderr, CANARY_SECRET, CANARY_TOKEN, CANARY_WRONG)
+        if found:
+            leaks.append(f"{what}: {found} in stdout/stderr")
+    for what, args, env in [
+        ("validate", ["validate", "--input", inp, "--date", D], good),
+        ("validate, token", ["validate", "--input", inp, "--date", D], {**token, **debug}),
+        ("generate", ["generate", "--output", srv.url(f"{prefix}/gen"), "--start-date", D,
+                      "--days", 1, "--events-per-day", 50], {**good, **debug}),
+    ]:
+        proc = run_convmart(*args, env=env, timeout=120)
+        codes.append((what, proc.returncode, None))
+        found = no_secret_in(proc.stdout + proc.stderr, CANARY_SECRET, CANARY_TOKEN, CANARY_WRONG)
+        if found:
+            leaks.append(f"{what}: {found} in stdout/stderr")
+    for key, data in s3_snapshot(srv, prefix).items():
+        if key.startswith("events/"):
+            continue
+        found = no_secret_in(data, CANARY_SECRET, CANARY_TOKEN, CANARY_WRONG)
+        if found:
+            leaks.append(f"object {key}: {found}")
+    assert not leaks, "secrets leaked:\n" + "\n".join(leaks)
+    # the scenarios really happened (exit codes themselves are other tests' business)
+    bad = [(w, c, e) for w, c, e in codes
+           if e is not None and (c != 0 if e == EXIT_OK else c not in (EXIT_ARGS, EXIT_TEMP))]
+    assert not bad, f"a scenario did not happen as intended (what, got, wanted): {bad}"
+    assert f"_runs/event_date={D}.json" in srv.list(f"{prefix}/out")
