@@ -20,19 +20,6 @@ use std::sync::Arc;
 
 /// Columns SPEC §1 names, in SPEC order, with the type convmart reads them as.
 pub const REQUIRED: [&str; 3] = ["event_id", "event_time", "event_type"];
-const STRING_COLUMNS: [&str; 11] = [
-    "event_id",
-    "event_type",
-    "user_id",
-    "anonymous_id",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_content",
-    "utm_term",
-    "device_type",
-    "country",
-];
 const SPEC_ORDER: [&str; 13] = [
     "event_id",
     "event_time",
@@ -265,7 +252,7 @@ fn check_file_schema(file: &str, schema: &Schema) -> Result<()> {
         let ok = match name {
             "event_time" => matches!(t, DataType::Timestamp(_, _)),
             "revenue" => is_numeric(t),
-            n if STRING_COLUMNS.contains(&n) => is_string_like(t),
+            n if SPEC_ORDER.contains(&n) => is_string_like(t),
             _ => true,
         };
         if !ok {
