@@ -1,21 +1,25 @@
--- Stage: relevant_events (materialised once). The survivors that later
--- stages read, with their rule's name and kind: every event of D, plus the
--- touches (non-empty utm_source, SPEC §3.3) and soft conversions of user keys
--- that occur in partition D. No other survivor can attribute (§3.4) or
--- assist (§3.6) an event of D, so the rest of the lookback is dropped here.
--- Input: survivors, conversion_rules, events_in. Parameter $1: the report date D.
--- Grain: one row per surviving event.
-SELECT
-  s.*,
-  r.conversion_name,
-  r.kind,
-  coalesce(s.utm_source, '') <> '' AS is_touch
-FROM survivors AS s
-LEFT JOIN conversion_rules AS r ON r.rule_index = s.rule_index
-LEFT JOIN (
-  SELECT DISTINCT coalesce(user_id, anonymous_id) AS user_key
-  FROM events_in
-  WHERE event_date = $1
-) AS users_of_d ON users_of_d.user_key = s.user_key
-WHERE s.event_date = $1
-   OR (users_of_d.user_key IS NOT NULL AND (s.utm_source <> '' OR r.kind = 'soft'))
+-- Stage: relevant_events (view over the in-memory candidates). SPEC §3.2
+-- dedup: one survivor per event_id, the copy with the earliest event_time,
+-- then the earliest partition; copies still tied are ordered by their other
+-- columns so the choice never depends on file or thread order (identical
+-- re-deliveries are indistinguishable). Ids with one copy pass straight
+-- through; only duplicated ids are ranked. Then only relevant survivors are
+-- kept: the events of D and the touches and soft conversions of D's users.
+-- Input: candidates. Grain: one row per relevant surviving event.
+SELECT * EXCLUDE (has_copies, relevant)
+FROM candidates
+WHERE NOT has_copies AND relevant
+UNION ALL
+SELECT * EXCLUDE (has_copies, relevant, dup_rank)
+FROM (
+  SELECT
+    *,
+    row_number() OVER (
+      PARTITION BY event_id
+      ORDER BY ts_us, event_date, user_key, utm_source, utm_medium, utm_campaign,
+               utm_content, utm_term, device_type, country, rule_index, rule_value
+    ) AS dup_rank
+  FROM candidates
+  WHERE has_copies
+) AS ranked
+WHERE dup_rank = 1 AND relevant

@@ -149,14 +149,14 @@ async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) ->
     );
     view(ctx, "valid_events", &valid, vec![]).await?;
     materialize(ctx, "duplicate_ids", queries::DUPLICATE_IDS, vec![]).await?;
-    view(ctx, "survivors", queries::SURVIVORS, vec![]).await?;
     materialize(
         ctx,
-        "relevant_events",
-        queries::RELEVANT_EVENTS,
+        "candidates",
+        queries::CANDIDATES,
         vec![date_param(date)],
     )
     .await?;
+    view(ctx, "relevant_events", queries::RELEVANT_EVENTS, vec![]).await?;
     view(
         ctx,
         "report_events",

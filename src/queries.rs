@@ -5,7 +5,7 @@
 pub const CHECKED_EVENTS: &str = include_str!("../queries/checked_events.sql");
 pub const VALID_EVENTS: &str = include_str!("../queries/valid_events.sql");
 pub const DUPLICATE_IDS: &str = include_str!("../queries/duplicate_ids.sql");
-pub const SURVIVORS: &str = include_str!("../queries/survivors.sql");
+pub const CANDIDATES: &str = include_str!("../queries/candidates.sql");
 pub const RELEVANT_EVENTS: &str = include_str!("../queries/relevant_events.sql");
 pub const REPORT_EVENTS: &str = include_str!("../queries/report_events.sql");
 pub const LAST_TOUCH: &str = include_str!("../queries/last_touch.sql");
@@ -24,7 +24,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("checked_events.sql", CHECKED_EVENTS),
     ("valid_events.sql", VALID_EVENTS),
     ("duplicate_ids.sql", DUPLICATE_IDS),
-    ("survivors.sql", SURVIVORS),
+    ("candidates.sql", CANDIDATES),
     ("relevant_events.sql", RELEVANT_EVENTS),
     ("report_events.sql", REPORT_EVENTS),
     ("last_touch.sql", LAST_TOUCH),
