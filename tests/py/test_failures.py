@@ -283,6 +283,18 @@ def test_column_of_the_wrong_type_is_a_data_error(work, column):
     run_expect_failure(work, EXIT_DATA, bad.name, column)
 
 
+def test_range_failing_on_a_later_date_keeps_the_earlier_dates_committed(work):
+    """README: in a range, dates before the failing one stay committed; the
+    failing date keeps its previous output."""
+    f = d_file(work["input"])
+    f.write_bytes(f.read_bytes()[:1000])
+    proc = run_job(work["input"], work["out"], "--end-date", D, date_=D_PREV)
+    assert_fails(proc, EXIT_DATA, f.name)
+    assert_exactly_manifest_files(work["out"], D_PREV)
+    of_d = lambda snap: {k: v for k, v in snap.items() if f"event_date={D}" in k}  # noqa: E731
+    assert_unchanged(of_d(work["before"]), of_d(snapshot(work["out"])), f"output of {D}")
+
+
 # ====================================================== partitions
 def test_partition_directory_without_files_is_exit_3(work):
     part = work["input"] / f"event_date={D}"
