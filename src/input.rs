@@ -215,6 +215,37 @@ async fn read_footer(
     ))
 }
 
+/// After a read failed mid-query: reads every file in full to find the one
+/// that is broken, so the message can name it. Only runs on the failure path.
+pub async fn find_unreadable(loc: &Location, files: &[InputFile]) -> Option<(String, String)> {
+    for file in files {
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(loc.store.clone(), file.path.clone())
+            .with_file_size(file.size);
+        let stream = match ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .and_then(|b| b.build())
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                return Some((
+                    file.display.clone(),
+                    format!("not a valid Parquet file ({e})"),
+                ))
+            }
+        };
+        let drained: std::result::Result<Vec<_>, _> =
+            stream.map_ok(|batch| batch.num_rows()).try_collect().await;
+        if let Err(e) = drained {
+            return Some((
+                file.display.clone(),
+                format!("the file's data cannot be read ({e})"),
+            ));
+        }
+    }
+    None
+}
+
 fn parquet_error(file: &str, err: ParquetError) -> Error {
     if let ParquetError::External(inner) = &err {
         if inner.downcast_ref::<object_store::Error>().is_some() {

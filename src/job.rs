@@ -280,6 +280,7 @@ async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
     cfg.output.register(&ctx);
     engine::register_input(&ctx, &cfg.input, &input).await?;
 
+    let files = input.files.clone();
     let lock = DateLock::acquire(&cfg.output, date, &run_id).await?;
     let result = async {
         build_stages(&ctx, cfg, date).await?;
@@ -290,7 +291,16 @@ async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
         output::remove_staging(&cfg.output, date, &run_id).await;
     }
     lock.release().await;
-    result
+    match result {
+        // A footer can be fine while a data page is not; name the file.
+        Err(Error::DataLimit(message)) if message.starts_with("while computing") => {
+            match input::find_unreadable(&cfg.input, &files).await {
+                Some((file, why)) => Err(Error::data(file, why)),
+                None => Err(Error::DataLimit(message)),
+            }
+        }
+        other => other,
+    }
 }
 
 async fn stage_and_commit(

@@ -220,8 +220,9 @@ pub async fn remove_prefix(out: &Location, prefix: &Path) {
         // Local directories are not removed by deleting their files.
         let dir = std::path::PathBuf::from(format!("/{}", prefix.as_ref()));
         let _ = std::fs::remove_dir_all(&dir);
-        if let Some(parent) = dir.parent() {
-            let _ = std::fs::remove_dir(parent);
+        // Then `_staging/event_date=D` and `_staging` themselves, if now empty.
+        for ancestor in dir.ancestors().skip(1).take(2) {
+            let _ = std::fs::remove_dir(ancestor);
         }
     }
 }

@@ -48,9 +48,9 @@ struct RuleFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
-    name: String,
-    kind: String,
-    when: String,
+    name: Option<String>,
+    kind: Option<String>,
+    when: Option<String>,
     value: Option<String>,
 }
 
@@ -102,26 +102,35 @@ impl Rules {
         }
         let mut seen = HashSet::new();
         let mut rules = Vec::with_capacity(file.conversion.len());
-        for raw in file.conversion {
+        for (position, raw) in file.conversion.into_iter().enumerate() {
+            let Some(name) = raw.name else {
+                return Err(Error::Rules {
+                    file: source.to_string(),
+                    message: format!("[[conversion]] number {} has no `name`", position + 1),
+                });
+            };
             let fail = |message: String| Error::Rule {
                 file: source.to_string(),
-                rule: raw.name.clone(),
+                rule: name.clone(),
                 message,
             };
-            let name_ok = !raw.name.is_empty()
-                && raw
-                    .name
+            let kind = raw
+                .kind
+                .ok_or_else(|| fail("`kind` is missing (\"hard\" or \"soft\")".into()))?;
+            let when = raw.when.ok_or_else(|| fail("`when` is missing".into()))?;
+            let name_ok = !name.is_empty()
+                && name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if !name_ok {
                 return Err(fail("the name must match [a-z0-9_]+".into()));
             }
-            if !seen.insert(raw.name.clone()) {
+            if !seen.insert(name.clone()) {
                 return Err(fail(
                     "the name is used by an earlier rule; names must be unique".into(),
                 ));
             }
-            let kind = match raw.kind.as_str() {
+            let kind = match kind.as_str() {
                 "hard" => Kind::Hard,
                 "soft" => Kind::Soft,
                 other => {
@@ -130,13 +139,13 @@ impl Rules {
                     )))
                 }
             };
-            let when_sql = canonical_expr(&raw.when).map_err(|m| fail(format!("`when`: {m}")))?;
+            let when_sql = canonical_expr(&when).map_err(|m| fail(format!("`when`: {m}")))?;
             let value_sql = match raw.value.as_deref() {
                 None => None,
                 Some(v) => Some(canonical_expr(v).map_err(|m| fail(format!("`value`: {m}")))?),
             };
             rules.push(Rule {
-                name: raw.name,
+                name,
                 kind,
                 when_sql,
                 value_sql,
@@ -339,6 +348,17 @@ mod tests {
         let text = format!("{}{}", one("x", "hard", "true"), one("x", "soft", "true"));
         let e = rule_error(&text);
         assert!(e.contains("rule 'x'") && e.contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn missing_fields_name_the_rule() {
+        let e = rule_error("[[conversion]]\nname = \"no_when\"\nkind = \"hard\"\n");
+        assert!(
+            e.contains("rule 'no_when'") && e.contains("`when` is missing"),
+            "{e}"
+        );
+        let e = rule_error("[[conversion]]\nkind = \"hard\"\nwhen = \"true\"\n");
+        assert!(e.contains("number 1 has no `name`"), "{e}");
     }
 
     #[test]

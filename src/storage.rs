@@ -201,16 +201,49 @@ fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
 
 /// Maps an object-store failure to the user-facing error.
 pub fn store_error(location: String, err: object_store::Error) -> Error {
-    match err {
-        object_store::Error::NotFound { .. } => Error::Data {
+    if let object_store::Error::NotFound { .. } = err {
+        return Error::Data {
             file: location,
             message: "disappeared while it was being read".into(),
-        },
-        other => Error::storage(
-            format!("{location} (endpoint {})", endpoint_of(&location)),
-            other,
-        ),
+        };
     }
+    let location = format!("{location} (endpoint {})", endpoint_of(&location));
+    if is_auth_failure(&err) {
+        return Error::AccessDenied {
+            location,
+            message: crate::error::one_line(&err.to_string()),
+        };
+    }
+    Error::storage(location, err)
+}
+
+/// 401/403 answers: object_store reports some as PermissionDenied, but list
+/// and multipart calls wrap them in Generic errors, so the chain is read too.
+fn is_auth_failure(err: &object_store::Error) -> bool {
+    if matches!(
+        err,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) {
+        return true;
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push(' ');
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    [
+        "status 401",
+        "status 403",
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "InvalidToken",
+        "ExpiredToken",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 fn endpoint_of(location: &str) -> String {
