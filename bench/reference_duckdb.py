@@ -234,9 +234,11 @@ def run(args) -> dict:
     t_scan = time.perf_counter()
 
     # ---- 2+5. valid rows, dedup, classification
-    tiebreak = ", ".join(
-        f"{q(c)} ASC NULLS FIRST" for c in SPEC_COLUMNS + tuple(others)
-        if c not in ("event_id", "event_time"))
+    # The team's documented tie rule (README, docs/contract-notes.md): the
+    # other SPEC columns in SPEC order, NULLs last, then the matched rule's
+    # position and value.
+    rule_pos = "CASE " + " ".join(
+        f"WHEN ({r['when']}) THEN {i + 1}" for i, r in enumerate(rules)) + " END" if rules else "NULL"
     conv_name = "CASE " + " ".join(
         f"WHEN ({r['when']}) THEN {lit(r['name'])}" for r in rules) + " END" if rules else "NULL"
     conv_kind = "CASE " + " ".join(
@@ -245,6 +247,9 @@ def run(args) -> dict:
         f"WHEN ({r['when']}) THEN coalesce(CAST(({r['value']}) AS DOUBLE), 0)"
         if r.get("value") not in (None, "") else f"WHEN ({r['when']}) THEN CAST(0 AS DOUBLE)"
         for r in rules) + " END" if rules else "NULL"
+    tiebreak = ", ".join(
+        [f"{q(c)} ASC NULLS LAST" for c in SPEC_COLUMNS if c not in ("event_id", "event_time")]
+        + [f"({rule_pos}) ASC NULLS LAST", f"({conv_value}) ASC NULLS LAST"])
     try:
         con.execute(f"""
             CREATE TEMP TABLE surv AS

@@ -1,8 +1,9 @@
 -- Stage: relevant_events (view over the in-memory candidates). SPEC §3.2
 -- dedup: one survivor per event_id, the copy with the earliest event_time,
--- then the earliest partition; copies still tied are ordered by their other
--- columns so the choice never depends on file or thread order (identical
--- re-deliveries are indistinguishable). Ids with one copy pass straight
+-- then the earliest partition. Copies still tied are ordered by the other
+-- SPEC columns in SPEC order, NULLs last (a copy that carries a value beats
+-- one that lacks it), then by the matched rule's position and value, so the
+-- choice never depends on file or thread order. Ids with one copy pass straight
 -- through; only duplicated ids are ranked. Then only relevant survivors are
 -- kept: the events of D and the touches and soft conversions of D's users.
 -- Input: candidates. Grain: one row per relevant surviving event.
@@ -16,8 +17,11 @@ FROM (
     *,
     row_number() OVER (
       PARTITION BY event_id
-      ORDER BY ts_us, event_date, user_key, utm_source, utm_medium, utm_campaign,
-               utm_content, utm_term, device_type, country, rule_index, rule_value
+      ORDER BY ts_us, event_date,
+               event_type NULLS LAST, user_id NULLS LAST, anonymous_id NULLS LAST,
+               utm_source NULLS LAST, utm_medium NULLS LAST, utm_campaign NULLS LAST,
+               utm_content NULLS LAST, utm_term NULLS LAST, device_type NULLS LAST,
+               country NULLS LAST, revenue NULLS LAST, rule_index NULLS LAST, rule_value
     ) AS dup_rank
   FROM candidates
   WHERE has_copies
