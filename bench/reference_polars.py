@@ -9,11 +9,12 @@ Same command line, exit codes and output layout as reference_duckdb.py
 parsing, file listing and schema checks are shared with it, the semantics
 are written again with Polars' lazy API. Threads: POLARS_MAX_THREADS.
 
-- input: one lazy scan per file with its own casts (event_time to
+- input: one lazy scan per file (streaming engine, never collected whole) with its own casts (event_time to
   Datetime(us, UTC), naive = UTC; revenue to Float64; SPEC strings to String),
   concatenated diagonally (a missing column is null);
 - dedup: ids seen once pass; repeated ids are sorted by event_time,
-  partition, then every other column (nulls first) and the first row kept;
+  partition, the other SPEC columns (NULLs last), rule position and value
+  (docs/contract-notes.md) and the first row kept;
 - last touch / assisted: join_asof backward by user key (strict for softs),
   then a check that the match lies within L days;
 - counts of distinct user keys ignore nulls.
@@ -70,8 +71,9 @@ def scan_file(path: Path, day: dt.date, schema: dict[str, pl.DataType]) -> pl.La
 
 
 def rule_exprs(rules: list[dict]):
-    name = kind = value = None
-    for r in reversed(rules):  # build the first-match chain from the end
+    """(name, kind, value, 1-based position) of the first rule that matches."""
+    name = kind = value = pos = None
+    for i, r in reversed(list(enumerate(rules))):  # the first-match chain, from the end
         cond = pl.sql_expr(r["when"]).fill_null(False)
         v = (pl.sql_expr(r["value"]).cast(pl.Float64).fill_null(0.0)
              if r.get("value") not in (None, "") else pl.lit(0.0))
@@ -81,9 +83,12 @@ def rule_exprs(rules: list[dict]):
             kind if kind is not None else pl.lit(None, pl.String))
         value = pl.when(cond).then(v).otherwise(
             value if value is not None else pl.lit(None, pl.Float64))
+        pos = pl.when(cond).then(pl.lit(i + 1)).otherwise(
+            pos if pos is not None else pl.lit(None, pl.Int32))
     if name is None:
-        return (pl.lit(None, pl.String), pl.lit(None, pl.String), pl.lit(None, pl.Float64))
-    return name, kind, value
+        return (pl.lit(None, pl.String), pl.lit(None, pl.String), pl.lit(None, pl.Float64),
+                pl.lit(None, pl.Int32))
+    return name, kind, value, pos
 
 
 def nz(e: pl.Expr) -> pl.Expr:
@@ -152,33 +157,54 @@ def run(args) -> dict:
         .then(pl.lit("missing_event_type"))
         .when(pl.col("event_time").is_null()).then(pl.lit("missing_event_time"))
         .otherwise(pl.lit(None, pl.String)).alias("__reject_reason"))
+    # Nothing is collected whole: the input stays lazy (streaming engine) and
+    # only the columns and rows later steps need are kept.
+    rejected = (raw.filter(pl.col("__reject_reason").is_not_null() & (pl.col("__part") == day))
+                .select(*input_columns, pl.col("__reject_reason").alias("reject_reason"))
+                .sort("event_id", nulls_last=False))
+    valid = raw.filter(pl.col("__reject_reason").is_null())
     try:
-        raw = raw.collect()
+        counts = valid.select(pl.len()).collect(engine="streaming").item()
+        dup_ids = (valid.group_by("event_id").agg(pl.len().alias("__n"))
+                   .filter(pl.col("__n") > 1).select("event_id").collect(engine="streaming"))
     except pl.exceptions.PolarsError as e:
         raise Fail(EXIT_DATA, f"reading input: {e}")
-    rows_read = raw.height
     t_scan = time.perf_counter()
 
-    # ---- dedup + classification
-    valid = raw.lazy().filter(pl.col("__reject_reason").is_null())
-    dup = pl.col("event_id").is_duplicated()
-    tiebreak = [c for c in list(SPEC_COLUMNS) + others if c not in ("event_id", "event_time")]
-    deduped = pl.concat([
-        valid.filter(~dup),
-        valid.filter(dup).sort(["event_id", "event_time", "__part", *tiebreak], nulls_last=False)
-        .unique(subset="event_id", keep="first", maintain_order=True),
-    ])
-    name, kind, value = rule_exprs(rules)
-    try:
-        surv = deduped.with_columns(
+    # ---- dedup + classification: ids seen once pass, repeated ids are ranked
+    # by the documented tie rule (docs/contract-notes.md): event_time,
+    # partition, then the other SPEC columns in SPEC order ascending with NULLs
+    # last, then the matched rule's position, then its value.
+    tiebreak = [c for c in SPEC_COLUMNS if c not in ("event_id", "event_time")]
+    name, kind, value, pos = rule_exprs(rules)
+    keep = ["event_id", "event_time", "__part", "__ukey", "__touch", *UTM, "device_type",
+            "country", "__conv_name", "__kind", "__value"]
+
+    def classify(lf: pl.LazyFrame) -> pl.LazyFrame:
+        return lf.with_columns(
             pl.coalesce("user_id", "anonymous_id").alias("__ukey"),
             (pl.col("utm_source").is_not_null() & (pl.col("utm_source") != ""))
             .alias("__touch"),
             name.alias("__conv_name"), kind.alias("__kind"), value.alias("__value"),
-        ).collect()
+            pos.alias("__rule_pos"),
+        )
+
+    dups = dup_ids.lazy()
+    ranked = (classify(valid.join(dups, on="event_id", how="semi"))
+              .sort(["event_id", "event_time", "__part", *tiebreak, "__rule_pos", "__value"],
+                    nulls_last=True)
+              .unique(subset="event_id", keep="first", maintain_order=True))
+    # only events of D, touches and soft conversions can matter for D
+    matters = (pl.col("__part") == day) | pl.col("__touch") | (pl.col("__kind") == "soft")
+    try:
+        surv = pl.concat([
+            classify(valid.join(dups, on="event_id", how="anti")).filter(matters).select(keep),
+            ranked.filter(matters).select(keep),
+        ]).collect(engine="streaming")
     except pl.exceptions.PolarsError as e:
         names = ", ".join(r["name"] for r in rules)
         raise Fail(EXIT_ARGS, f"rules ({names}) do not evaluate on the input: {e}")
+    rows_read = counts  # valid rows; rejected ones are added below
     t_dedup = time.perf_counter()
 
     # ---- attribution of the events of D, assisted hard conversions
@@ -242,11 +268,8 @@ def run(args) -> dict:
         pl.col("__value").sum().cast(pl.Float64).alias("value"))
         .rename({"__conv_name": "conversion_name", "__kind": "kind"})
         .sort(["conversion_name", "kind", "utm_source", "utm_medium", "utm_campaign"]))
-    rejected = (raw.lazy().filter(pl.col("__reject_reason").is_not_null()
-                                  & (pl.col("__part") == day))
-                .select(*input_columns, pl.col("__reject_reason").alias("reject_reason"))
-                .sort("event_id", nulls_last=False))
-    frames = pl.collect_all([campaign, dimension, byname, rejected])
+    frames = pl.collect_all([campaign, dimension, byname])
+    frames.append(rejected.collect(engine="streaming"))
     counts = {}
     for table, df in zip(("campaign_daily", "dimension_summary", "conversions_by_name",
                           "rejected_events"), frames):
@@ -258,7 +281,7 @@ def run(args) -> dict:
         counts[table] = df.height
     t_end = time.perf_counter()
     stats = {
-        "files": len(files), "rows_read": rows_read, "survivors": surv.height,
+        "files": len(files), "valid_rows_read": rows_read, "relevant_survivors": surv.height,
         "events_of_d": fact.height, "tables": counts,
         "seconds": {
             "scan": round(t_scan - t0, 3), "dedup_classify": round(t_dedup - t_scan, 3),

@@ -100,23 +100,59 @@ class Run:
     stderr_path: Path
 
 
+def _rss_guard(pid: int, limit_kib: int, stop: threading.Event, hit: list) -> None:
+    """Kill pid when its RSS passes limit_kib (so that a peer running out of
+    memory does not drive the shared machine into the OOM killer)."""
+    status = Path(f"/proc/{pid}/status")
+    while not stop.wait(0.25):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    if int(line.split()[1]) > limit_kib:
+                        hit.append(int(line.split()[1]))
+                        os.kill(pid, signal.SIGKILL)
+                        return
+                    break
+        except (OSError, ValueError):
+            return
+
+
+def cpu_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat, all cores)."""
+    try:
+        f = Path("/proc/stat").read_text().splitlines()[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None,
-                 stderr_path: Path, timeout: float) -> tuple[int, float, int, str]:
-    """Run cmd, return (exit code, wall seconds, ru_maxrss KiB, stdout).
+                 stderr_path: Path, timeout: float,
+                 rss_limit_kib: int | None = None) -> tuple[int, float, int, str, float]:
+    """Run cmd, return (exit code, wall seconds, ru_maxrss KiB, stdout, others'
+    CPU share): the last is the busy CPU time of every other process during
+    the run divided by wall x cores (0 = the machine ran nothing else).
 
     os.wait4 on the child's pid gives the resource usage of that process
-    alone (ru_maxrss is KiB on Linux). A timer kills it after `timeout`."""
+    alone (ru_maxrss is KiB on Linux). A timer kills it after `timeout`, a
+    poller when its RSS passes rss_limit_kib (exit code -9, noted in stderr)."""
     stdout_path = stderr_path.with_suffix(".out")
     full_env = dict(os.environ)
     for k in [k for k in full_env if k.startswith("AWS_")]:
         del full_env[k]
     full_env.update(env or {})
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        busy0 = cpu_busy_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 env=full_env, cwd=cwd)
         killer = threading.Timer(timeout, lambda: os.kill(proc.pid, signal.SIGKILL))
         killer.start()
+        stop, hit = threading.Event(), []
+        if rss_limit_kib:
+            threading.Thread(target=_rss_guard, args=(proc.pid, rss_limit_kib, stop, hit),
+                             daemon=True).start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -124,9 +160,18 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = 
             raise
         finally:
             killer.cancel()
+            stop.set()
         wall = time.perf_counter() - t0
+        busy = cpu_busy_seconds() - busy0
+    own = usage.ru_utime + usage.ru_stime
+    others = max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
+    if hit:
+        with open(stderr_path, "a") as err:
+            err.write(f"\n[bench] killed: RSS {hit[0] // 1024} MiB passed the guard "
+                      f"({rss_limit_kib // 1024} MiB, --rss-guard-gib)\n")
     proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
-    return proc.returncode, wall, usage.ru_maxrss, stdout_path.read_text(errors="replace")
+    return (proc.returncode, wall, usage.ru_maxrss, stdout_path.read_text(errors="replace"),
+            others)
 
 
 # --------------------------------------------------------------- machine
@@ -178,9 +223,12 @@ def binary_info(binary: Path) -> dict:
         for p in REPO.glob(pattern):
             if p.stat().st_mtime > mtime:
                 newer.append(rel(p))
+    built_from = git("log", "-1", f"--until=@{int(mtime)}", "--format=%h %s", "--",
+                     "src", "queries", "Cargo.toml", "Cargo.lock")
     return {
         "path": rel(binary),
         "built": dt.datetime.fromtimestamp(mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "built_from": built_from,
         "stale_sources": sorted(newer),
     }
 
@@ -399,6 +447,7 @@ class Row:
     events_per_day: int
     walls: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    others: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     check: str = "n/a"
     stages: dict = field(default_factory=dict)
@@ -441,23 +490,29 @@ def bench_workload(wl: Workload, args, binary: Path, s3: S3 | None, commands: li
             if rep == 0:
                 shown = " ".join(f"{k}=..." for k in sorted(env) if k.startswith("AWS_"))
                 commands.append(((shown + " ") if shown else "") + shlex.join(
-                    [rel(c) if c.startswith(str(REPO)) else c for c in cmd]))
+                    [args.shown_bin if c == str(binary) else
+                     rel(c) if c.startswith(str(REPO)) else c for c in cmd]))
                 if engine == "polars":
                     commands[-1] = "POLARS_MAX_THREADS=" + env["POLARS_MAX_THREADS"] + " " + commands[-1]
             err = logs / f"{engine}-{rep + 1}.err"
+            warm_cache(data)  # a peer's memory use may have evicted the inputs
             log(f"{wl.name}: {engine} (repeat {rep + 1}/{args.repeat})")
-            rc, wall, rss, stdout = run_measured(cmd, env=env, cwd=wl.dir, stderr_path=err,
-                                                 timeout=args.timeout)
+            rc, wall, rss, stdout, others = run_measured(cmd, env=env, cwd=wl.dir, stderr_path=err,
+                                                 timeout=args.timeout,
+                                                 rss_limit_kib=int(args.rss_guard_gib * 2**20))
             r = rows[engine]
             r.rss_kib.append(rss)
+            r.others.append(others)
             if rc != 0:
                 tail = err.read_text(errors="replace")[-1500:]
-                r.failures.append(f"exit {rc}")
+                r.failures.append("killed by the RSS guard" if "passed the guard" in tail
+                                  else "killed (timeout or OOM)" if rc == -9 else f"exit {rc}")
                 log(f"  FAILED exit {rc} after {wall:.1f}s; stderr tail:\n{tail}")
                 continue
             r.walls.append(wall)
             r.stages = parse_stages(engine, err.read_text(errors="replace"), stdout)
-            log(f"  {wall:.2f}s, peak RSS {rss / 1024:.0f} MiB")
+            log(f"  {wall:.2f}s, peak RSS {rss / 1024:.0f} MiB, other processes used "
+                f"{others:.0%} of the CPUs")
             if engine == "convmart" and rows_read is None:
                 man = Path(out) / "_runs" / f"event_date={wl.report_date}.json"
                 rows_read = json.loads(man.read_text())["rows_read"]
@@ -501,8 +556,9 @@ def fmt(v, spec: str, none: str = "-") -> str:
 
 
 def table_lines(results: list[dict]) -> list[str]:
-    lines = ["| engine | workload | wall s | events/s | peak RSS MiB | ×DuckDB | ×floor | tables |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| engine | workload | wall s | events/s | peak RSS MiB | ×DuckDB | ×floor | tables "
+             "| others' CPU |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for res in results:
         rows = res["rows"]
         ref = rows.get(REFERENCE)
@@ -517,7 +573,8 @@ def table_lines(results: list[dict]) -> list[str]:
             lines.append(
                 f"| {r.engine} | {r.workload} | {fmt(wall, '.2f')}{walls} | "
                 f"{fmt(eps, ',.0f')} | {fmt(r.peak_rss_mib, ',.0f')} | "
-                f"{fmt(x_ref, '.2f')} | {fmt(x_floor, '.2f')} | {r.check} |")
+                f"{fmt(x_ref, '.2f')} | {fmt(x_floor, '.2f')} | {r.check} | "
+                f"{fmt(max(r.others) if r.others else None, '.0%')} |")
     return lines
 
 
@@ -600,7 +657,11 @@ reference's wall time (`bench/reference_duckdb.py`, an independent SPEC
 implementation, threads = nproc), *×floor* by `convmart scan-floor` (DataFusion
 only reading and decoding the columns the job needs). *tables* says whether the
 engine's four output tables equal DuckDB's (doubles within 1e-9 relative).
-The page cache is warm (every input file is read once before timing), runs are
+*others' CPU* is the busiest repeat's CPU time used by every other process
+during the run, as a share of wall × cores (from /proc/stat minus the run's own
+rusage): near 0% means the figure is clean; for `convmart-s3` it includes the
+SeaweedFS server, which is part of that setup.
+The page cache is warm (every input file is read before each run), runs are
 sequential and interleaved across repeats; the load average before/after is
 recorded because other work on this machine distorts wall times.
 """
@@ -634,7 +695,9 @@ def render_section(preset: str, args, results: list[dict], commands: list[str], 
     dirty = git("status", "--porcelain", "--", "src", "queries", "Cargo.toml", "Cargo.lock")
     L.append(f"- git: {git('rev-parse', '--short', 'HEAD')} ({git('log', '-1', '--format=%s')})"
              + (" — **src/queries have uncommitted changes**" if dirty else ""))
-    L.append(f"- binary: `{binfo['path']}` built {binfo['built']}"
+    L.append(f"- binary: `{binfo['path']}` built {binfo['built']}, so from the sources of "
+             f"`{binfo['built_from'][:100]}` (the last commit to src/, queries/, Cargo.* "
+             f"before the build), sha256 {binfo['sha256']}… (a copy of it ran)"
              + (f" — **older than {', '.join(binfo['stale_sources'][:5])}**"
                 if binfo["stale_sources"] else ""))
     import duckdb  # noqa: PLC0415
@@ -677,6 +740,8 @@ def main() -> int:
     ap.add_argument("--bin", type=Path, default=DEFAULT_BIN, help="convmart binary")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--rss-guard-gib", type=float, default=None,
+                    help="kill a run whose RSS passes this (default: 90%% of RAM)")
     args = ap.parse_args()
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = set(args.engines) - set(ALL_ENGINES)
@@ -688,9 +753,23 @@ def main() -> int:
         ap.error(f"{binary} not found: run bench/run.sh (it builds it) or "
                  f"`cargo build --release --locked --target-dir target/bench`")
     binfo = binary_info(binary)
+    # Run a private copy: a rebuild of target/bench during the benchmark must
+    # not change the binary between engines or repeats.
+    import hashlib  # noqa: PLC0415
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    binfo["sha256"] = digest[:16]
+    snap = WORK / "bin" / f"convmart-{digest[:16]}"
+    if not snap.exists():
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(binary, snap.with_suffix(".tmp"))
+        snap.with_suffix(".tmp").rename(snap)
+    args.shown_bin = rel(binary)
+    binary = snap
     if binfo["stale_sources"]:
         log(f"WARNING: {binfo['path']} is older than {', '.join(binfo['stale_sources'][:5])}")
     machine = machine_info()
+    if args.rss_guard_gib is None:
+        args.rss_guard_gib = 0.9 * machine["memory_gib"]
     la = loadavg()
     if float(la.split()[0]) > 0.5 * (machine["nproc"] or 1):
         log(f"WARNING: load average {la} on {machine['nproc']} cores: wall times will be noisy")
