@@ -5,13 +5,17 @@
 use crate::error::{Error, Result};
 use crate::input::{InputSet, PARTITION_COLUMN};
 use crate::storage::Location;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::TableReference;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::cache::cache_manager::CachedFileList;
+use datafusion::execution::cache::TableScopedPath;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{lit, DataFrame, SessionConfig, SessionContext};
+use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -26,7 +30,9 @@ pub fn session(memory_limit: Option<usize>) -> Result<SessionContext> {
         .with_target_partitions(cpus)
         .with_batch_size(8192)
         .with_information_schema(false);
-    let mut runtime = RuntimeEnvBuilder::new();
+    // The input's file list goes into the list-files cache (see
+    // register_input); make room for large inputs.
+    let mut runtime = RuntimeEnvBuilder::new().with_object_list_cache_limit(256 << 20);
     if let Some(limit) = memory_limit {
         let pool = TrackConsumersPool::new(
             FairSpillPool::new(limit),
@@ -40,45 +46,67 @@ pub fn session(memory_limit: Option<usize>) -> Result<SessionContext> {
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
-/// Registers `events_in`: every input file with the merged schema, plus `event_date`.
+/// Registers `events_in`: one listing table over the input root with
+/// `event_date` as its partition column, reading exactly the files that
+/// `input::discover` checked: they are put into DataFusion's list-files cache
+/// for this table, so DataFusion neither lists again nor sees other files. One
+/// table (not one per day) lets DataFusion split the files into
+/// `target_partitions` groups that are read one after the other, which keeps
+/// the number of open Parquet readers, and so memory, small.
 pub async fn register_input(
     ctx: &SessionContext,
     input_loc: &Location,
     input: &InputSet,
 ) -> Result<()> {
     input_loc.register(ctx);
+    let fail = |e: datafusion::error::DataFusionError| Error::internal("input registration", e);
+    let table_ref = TableReference::bare("events_raw");
+    let root = ListingTableUrl::parse(format!(
+        "{}/",
+        input_loc.url_of(&input_loc.prefix).trim_end_matches('/')
+    ))
+    .map_err(fail)?
+    .with_table_ref(table_ref.clone());
+    let cache = ctx
+        .runtime_env()
+        .cache_manager
+        .get_list_files_cache()
+        .ok_or_else(|| Error::internal("input registration", "the list-files cache is disabled"))?;
+    cache.put(
+        &TableScopedPath {
+            table: Some(table_ref.clone()),
+            path: root.prefix().clone(),
+        },
+        CachedFileList::new(input.files.iter().map(|f| f.meta.clone()).collect()),
+    );
     let format = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
-    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
-    let mut union: Option<DataFrame> = None;
-    for date in input.dates() {
-        let urls = input
-            .files
-            .iter()
-            .filter(|f| f.date == date)
-            .map(|f| {
-                ListingTableUrl::parse(&f.url).map_err(|e| Error::internal("input registration", e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options.clone())
-            .with_schema(input.schema.clone());
-        let table =
-            ListingTable::try_new(config).map_err(|e| Error::internal("input registration", e))?;
-        let days =
-            (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32;
-        let df = ctx
-            .read_table(Arc::new(table))
-            .and_then(|df| df.with_column(PARTITION_COLUMN, lit(ScalarValue::Date32(Some(days)))))
-            .map_err(|e| Error::internal("input registration", e))?;
-        union = Some(match union {
-            None => df,
-            Some(u) => u
-                .union(df)
-                .map_err(|e| Error::internal("input registration", e))?,
-        });
-    }
-    let union = union.ok_or_else(|| Error::internal("input registration", "no input files"))?;
-    ctx.register_table("events_in", union.into_view())
-        .map_err(|e| Error::internal("input registration", e))?;
+    let options = ListingOptions::new(Arc::new(format))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), DataType::Date32)]);
+    let config = ListingTableConfig::new(root)
+        .with_listing_options(options)
+        .with_schema(input.schema.clone());
+    let table = ListingTable::try_new(config).map_err(fail)?;
+    ctx.register_table(table_ref, Arc::new(table))
+        .map_err(fail)?;
+    // The date range again, in case the cache entry were ever evicted.
+    let dates = input.dates();
+    let (first, last) = (dates.first().copied(), dates.last().copied());
+    let (Some(first), Some(last)) = (first, last) else {
+        return Err(Error::internal("input registration", "no input files"));
+    };
+    let events = ctx
+        .table("events_raw")
+        .await
+        .map_err(fail)?
+        .filter(col(PARTITION_COLUMN).between(lit(date32(first)), lit(date32(last))))
+        .map_err(fail)?;
+    ctx.register_table("events_in", events.into_view())
+        .map_err(fail)?;
     Ok(())
+}
+
+fn date32(d: chrono::NaiveDate) -> ScalarValue {
+    let days = (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32;
+    ScalarValue::Date32(Some(days))
 }

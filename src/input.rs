@@ -73,6 +73,9 @@ pub struct InputFile {
     pub url: String,
     #[serde(skip)]
     pub date: NaiveDate,
+    /// The listing entry, handed to DataFusion so it reads exactly these files.
+    #[serde(skip)]
+    pub meta: object_store::ObjectMeta,
     pub size: u64,
     pub rows: u64,
 }
@@ -205,11 +208,12 @@ async fn read_footer(
     Ok((
         InputFile {
             url: loc.url_of(&meta.location),
-            path: meta.location,
+            path: meta.location.clone(),
             display,
             date,
             size: meta.size,
             rows,
+            meta,
         },
         schema,
     ))
@@ -379,6 +383,13 @@ mod tests {
             display: name.into(),
             url: name.into(),
             date: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
+            meta: object_store::ObjectMeta {
+                location: Path::from(name),
+                last_modified: chrono::Utc::now(),
+                size: 1,
+                e_tag: None,
+                version: None,
+            },
             size: 1,
             rows: 1,
         }
