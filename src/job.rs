@@ -72,6 +72,13 @@ pub fn query_error(stage: &str, e: DataFusionError) -> Error {
     let e = e.strip_backtrace();
     let text = one_line(&e);
     let lower = text.to_lowercase();
+    if lower.contains("resources exhausted") {
+        // Not every operator can spill (hash-join build sides cannot, in DataFusion 55).
+        return Error::argument(
+            "--memory-limit",
+            format!("{stage} needs more memory than the limit allows; raise --memory-limit or leave it unset ({text})"),
+        );
+    }
     if lower.contains("object store")
         || lower.contains("objectstore")
         || lower.contains("connection")
@@ -233,14 +240,22 @@ async fn explain(
 }
 
 fn table_query(table: &str) -> String {
-    let metrics = queries::SUMMARY_METRICS
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // Fragments are spliced without their header comments.
+    let body = |fragment: &str| {
+        fragment
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (metrics, rollup) = (body(queries::SUMMARY_METRICS), body(queries::USER_ROLLUP));
+    let fragments = [
+        ("METRICS", metrics.as_str()),
+        ("USER_ROLLUP", rollup.as_str()),
+    ];
     match table {
-        "campaign_daily" => fill(queries::CAMPAIGN_DAILY, &[("METRICS", &metrics)]),
-        "dimension_summary" => fill(queries::DIMENSION_SUMMARY, &[("METRICS", &metrics)]),
+        "campaign_daily" => fill(queries::CAMPAIGN_DAILY, &fragments),
+        "dimension_summary" => fill(queries::DIMENSION_SUMMARY, &fragments),
         "conversions_by_name" => queries::CONVERSIONS_BY_NAME.to_string(),
         "rejected_events" => queries::REJECTED_EVENTS.to_string(),
         other => unreachable!("unknown table {other}"),

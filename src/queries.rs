@@ -12,6 +12,7 @@ pub const LAST_TOUCH: &str = include_str!("../queries/last_touch.sql");
 pub const ASSISTED: &str = include_str!("../queries/assisted.sql");
 pub const ATTRIBUTED_EVENTS: &str = include_str!("../queries/attributed_events.sql");
 pub const SUMMARY_METRICS: &str = include_str!("../queries/summary_metrics.sql");
+pub const USER_ROLLUP: &str = include_str!("../queries/user_rollup.sql");
 pub const CAMPAIGN_DAILY: &str = include_str!("../queries/campaign_daily.sql");
 pub const DIMENSION_SUMMARY: &str = include_str!("../queries/dimension_summary.sql");
 pub const CONVERSIONS_BY_NAME: &str = include_str!("../queries/conversions_by_name.sql");
@@ -31,6 +32,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("assisted.sql", ASSISTED),
     ("attributed_events.sql", ATTRIBUTED_EVENTS),
     ("summary_metrics.sql", SUMMARY_METRICS),
+    ("user_rollup.sql", USER_ROLLUP),
     ("campaign_daily.sql", CAMPAIGN_DAILY),
     ("dimension_summary.sql", DIMENSION_SUMMARY),
     ("conversions_by_name.sql", CONVERSIONS_BY_NAME),
