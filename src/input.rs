@@ -70,8 +70,6 @@ pub struct InputFile {
     #[serde(rename = "path")]
     pub display: String,
     #[serde(skip)]
-    pub url: String,
-    #[serde(skip)]
     pub date: NaiveDate,
     /// The listing entry, handed to DataFusion so it reads exactly these files.
     #[serde(skip)]
@@ -207,7 +205,6 @@ async fn read_footer(
     check_file_schema(&display, &schema)?;
     Ok((
         InputFile {
-            url: loc.url_of(&meta.location),
             path: meta.location.clone(),
             display,
             date,
@@ -381,7 +378,6 @@ mod tests {
         InputFile {
             path: Path::from(name),
             display: name.into(),
-            url: name.into(),
             date: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap(),
             meta: object_store::ObjectMeta {
                 location: Path::from(name),
