@@ -10,6 +10,9 @@ runs, on the last generated date with lookback 30:
   convmart        `convmart run` on local disk
   convmart-1GiB   the same with `--memory-limit 1GiB`
   convmart-s3     the same with input and output on SeaweedFS (loopback)
+  convmart-ballista  the same on a Ballista cluster on this machine: `convmart
+                  scheduler` + 2 `convmart executor`s (each --concurrent-tasks = nproc/2),
+                  started once per invocation; peak RSS is the client's only
   duckdb          bench/reference_duckdb.py (independent SPEC implementation), DuckDB threads = nproc
   polars          bench/reference_polars.py, if present (POLARS_MAX_THREADS = nproc)
   floor           `convmart scan-floor`: only read and decode the columns the job needs
@@ -72,7 +75,8 @@ PRESETS = {
     "S": [1_000_000],
     "scaling": [250_000, 500_000, 1_000_000, 2_000_000],
 }
-ALL_ENGINES = ("convmart", "convmart-1GiB", "convmart-s3", "duckdb", "polars", "floor")
+ALL_ENGINES = ("convmart", "convmart-1GiB", "convmart-s3", "convmart-ballista", "duckdb",
+               "polars", "floor")
 REFERENCE = "duckdb"
 
 
@@ -369,6 +373,29 @@ class S3:
         self.server.download_dir(f"s3://{S3_BUCKET}/{prefix}", local)
 
 
+class Ballista:
+    """One scheduler and two executors (tests/py/ballista_cluster.py) from the
+    benchmarked binary, for the whole invocation."""
+
+    def __init__(self, binary: Path):
+        from ballista_cluster import Cluster
+        os.environ["CONVMART_BIN"] = str(binary)
+        shutil.rmtree(WORK / "ballista", ignore_errors=True)
+        per_executor = max(1, (os.cpu_count() or 2) // 2)
+        self.cluster = Cluster(workdir=WORK / "ballista", env={}, concurrent_tasks=per_executor)
+
+    def start(self):
+        log("starting a Ballista scheduler and 2 executors on loopback")
+        self.cluster.start()
+        return self
+
+    def stop(self):
+        self.cluster.stop()
+
+
+BALLISTA: Ballista | None = None
+
+
 # --------------------------------------------------------------- engines
 def engine_cmd(engine: str, binary: Path, wl: Workload, data: Path, out: str) -> list[str]:
     date = wl.report_date
@@ -382,6 +409,9 @@ def engine_cmd(engine: str, binary: Path, wl: Workload, data: Path, out: str) ->
     if engine == "convmart-s3":
         return [str(binary), "run", "--input", f"s3://{S3_BUCKET}/{s3_prefix(wl)}/input",
                 "--output", out, *common]
+    if engine == "convmart-ballista":
+        return [str(binary), "run", "--input", str(data), "--output", out, *common,
+                "--engine", "ballista", "--scheduler", BALLISTA.cluster.url]
     if engine == "duckdb":
         return [PY, str(BENCH / "reference_duckdb.py"), "--input", str(data), "--output", out,
                 *common, "--threads", threads]
@@ -751,7 +781,7 @@ def main() -> int:
     binary = args.bin if args.bin.is_absolute() else (Path.cwd() / args.bin)
     if not binary.is_file():
         ap.error(f"{binary} not found: run bench/run.sh (it builds it) or "
-                 f"`cargo build --release --locked --target-dir target/bench`")
+                 f"`cargo build --release --locked --features ballista --target-dir target/bench`")
     binfo = binary_info(binary)
     # Run a private copy: a rebuild of target/bench during the benchmark must
     # not change the binary between engines or repeats.
@@ -775,10 +805,13 @@ def main() -> int:
         log(f"WARNING: load average {la} on {machine['nproc']} cores: wall times will be noisy")
 
     s3 = None
+    global BALLISTA
     exit_code = 0
     try:
         if "convmart-s3" in args.engines:
             s3 = S3().start()
+        if "convmart-ballista" in args.engines:
+            BALLISTA = Ballista(binary).start()
         for preset in presets:
             started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             sizes = [n for n in PRESETS[preset] if not args.max_per_day or n <= args.max_per_day]
@@ -807,6 +840,8 @@ def main() -> int:
     finally:
         if s3:
             s3.stop()
+        if BALLISTA:
+            BALLISTA.stop()
     return exit_code
 
 

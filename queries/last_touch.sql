@@ -2,8 +2,59 @@
 -- touch itself, the latest touch (a survivor with non-empty utm_source) of the
 -- same user key with event_time in [t - L days, t]; ties: greatest event_id.
 -- Events without a user key never match (NULL = NULL is not true).
+--
+-- Linear instead of a range join over all of a user's touches: the latest
+-- touch at or before t is either the user's latest touch before their first
+-- such event of D (one aggregate row per user) or a touch between that first
+-- event and t (few: they are near D). That touch is in the window exactly when
+-- its time is >= t - L; otherwise every earlier touch is outside it too.
 -- Input: report_events, relevant_events. Parameter $1: L days in microseconds.
 -- Grain: one row per attributed event of D, with the touch's dimensions.
+WITH targets AS (
+  SELECT event_id, user_key, ts_us
+  FROM report_events
+  WHERE NOT is_touch AND user_key IS NOT NULL
+),
+first_target AS (
+  SELECT user_key, min(ts_us) AS first_ts
+  FROM targets
+  GROUP BY user_key
+),
+touches AS (
+  SELECT c.event_id, c.user_key, c.ts_us, f.first_ts
+  FROM relevant_events AS c
+  JOIN first_target AS f ON f.user_key = c.user_key
+  WHERE c.is_touch
+),
+before_first AS (
+  SELECT
+    user_key,
+    max(ts_us) AS ts_us,
+    first_value(event_id ORDER BY ts_us DESC, event_id DESC) AS touch_id
+  FROM touches
+  WHERE ts_us < first_ts
+  GROUP BY user_key
+),
+candidates AS (
+  SELECT e.event_id, e.ts_us AS event_ts, t.ts_us, t.event_id AS touch_id
+  FROM targets AS e
+  JOIN touches AS t
+    ON t.user_key = e.user_key
+   AND t.ts_us >= t.first_ts
+   AND t.ts_us <= e.ts_us
+  UNION ALL
+  SELECT e.event_id, e.ts_us AS event_ts, b.ts_us, b.touch_id
+  FROM targets AS e
+  JOIN before_first AS b ON b.user_key = e.user_key
+),
+best AS (
+  SELECT
+    event_id,
+    first_value(touch_id ORDER BY ts_us DESC, touch_id DESC) AS touch_id
+  FROM candidates
+  GROUP BY event_id
+  HAVING max(ts_us) >= max(event_ts) - CAST($1 AS BIGINT)
+)
 SELECT
   best.event_id,
   t.utm_source,
@@ -11,17 +62,5 @@ SELECT
   t.utm_campaign,
   t.utm_content,
   t.utm_term
-FROM (
-  SELECT
-    e.event_id,
-    first_value(c.event_id ORDER BY c.ts_us DESC, c.event_id DESC) AS touch_id
-  FROM report_events AS e
-  JOIN relevant_events AS c
-    ON c.user_key = e.user_key
-   AND c.ts_us >= e.ts_us - CAST($1 AS BIGINT)
-   AND c.ts_us <= e.ts_us
-  WHERE NOT e.is_touch
-    AND c.is_touch
-  GROUP BY e.event_id
-) AS best
+FROM best
 JOIN relevant_events AS t ON t.event_id = best.touch_id

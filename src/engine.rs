@@ -4,9 +4,11 @@
 
 use crate::error::{Error, Result};
 use crate::input::{InputSet, PARTITION_COLUMN};
-use crate::storage::Location;
+use crate::storage::{Location, StoreRegistry};
+use datafusion::arrow::array::UInt64Array;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::TableReference;
+use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -21,8 +23,12 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 /// A fresh session. With a memory limit, operators that can spill do so
-/// once their fair share of the pool is used.
-pub fn session(memory_limit: Option<usize>) -> Result<SessionContext> {
+/// once their fair share of the pool is used. With a scheduler address the
+/// queries run on that Ballista cluster (`--engine ballista`).
+pub async fn session(
+    memory_limit: Option<usize>,
+    scheduler: Option<&str>,
+) -> Result<SessionContext> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -32,7 +38,9 @@ pub fn session(memory_limit: Option<usize>) -> Result<SessionContext> {
         .with_information_schema(false);
     // The input's file list goes into the list-files cache (see
     // register_input); make room for large inputs.
-    let mut runtime = RuntimeEnvBuilder::new().with_object_list_cache_limit(256 << 20);
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_object_list_cache_limit(256 << 20)
+        .with_object_store_registry(Arc::new(StoreRegistry::default()));
     if let Some(limit) = memory_limit {
         let pool = TrackConsumersPool::new(
             FairSpillPool::new(limit),
@@ -43,8 +51,33 @@ pub fn session(memory_limit: Option<usize>) -> Result<SessionContext> {
     let runtime = runtime
         .build_arc()
         .map_err(|e| Error::internal("session", e))?;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    match scheduler {
+        None => Ok(SessionContext::new_with_config_rt(config, runtime)),
+        Some(url) => cluster_session(config, runtime, url).await,
+    }
 }
+
+#[cfg(feature = "ballista")]
+async fn cluster_session(
+    config: SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    scheduler: &str,
+) -> Result<SessionContext> {
+    crate::cluster::client_session(config, runtime, scheduler).await
+}
+
+#[cfg(not(feature = "ballista"))]
+async fn cluster_session(
+    _config: SessionConfig,
+    _runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    _scheduler: &str,
+) -> Result<SessionContext> {
+    Err(crate::error::Error::argument("--engine", NO_BALLISTA))
+}
+
+/// What a build without the `ballista` feature says when asked for Ballista.
+pub const NO_BALLISTA: &str = "ballista: this convmart was built without Ballista support; \
+     rebuild with `cargo build --release --features ballista`";
 
 /// Registers `events_in`: one listing table over the input root with
 /// `event_date` as its partition column, reading exactly the files that
@@ -109,4 +142,34 @@ pub async fn register_input(
 fn date32(d: chrono::NaiveDate) -> ScalarValue {
     let days = (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32;
     ScalarValue::Date32(Some(days))
+}
+
+/// Writes `df` as Parquet files under the directory `url` (by the engine that
+/// runs the query, so on Ballista by the executors) and registers them as
+/// table `name`. Returns the number of rows.
+pub async fn write_and_register(
+    ctx: &SessionContext,
+    name: &str,
+    df: datafusion::prelude::DataFrame,
+    url: &str,
+) -> Result<u64> {
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let counts = df
+        .write_parquet(url, DataFrameWriteOptions::new(), None)
+        .await
+        .map_err(|e| crate::job::query_error(name, e))?;
+    let rows = counts
+        .iter()
+        .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>())
+        .flat_map(|a| a.iter().flatten())
+        .sum();
+    let fail = |e: datafusion::error::DataFusionError| Error::internal(name, e);
+    let format = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(ListingTableUrl::parse(url).map_err(fail)?)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = ListingTable::try_new(config).map_err(fail)?;
+    ctx.register_table(name, Arc::new(table)).map_err(fail)?;
+    Ok(rows)
 }

@@ -119,7 +119,7 @@ impl Rng {
     fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
     }
-    fn weighted<'a, T: Copy>(&mut self, items: &'a [(T, u32)]) -> T {
+    fn weighted<T: Copy>(&mut self, items: &[(T, u32)]) -> T {
         let total: u32 = items.iter().map(|(_, w)| w).sum();
         let mut x = self.below(total as u64) as u32;
         for (item, w) in items {

@@ -12,9 +12,6 @@ use crate::rules::Rules;
 use crate::storage::Location;
 use chrono::{NaiveDate, Utc};
 use datafusion::arrow::array::{Int64Array, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{lit, DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
@@ -34,6 +31,8 @@ pub struct JobConfig {
     pub attribution: Attribution,
     pub memory_limit: Option<usize>,
     pub max_rejected_ratio: Option<f64>,
+    /// `Some(df://host:port)`: run the queries on that Ballista cluster.
+    pub scheduler: Option<String>,
 }
 
 /// What a finished date reports back (also printed by the CLI).
@@ -87,6 +86,12 @@ pub fn query_error(stage: &str, e: DataFusionError) -> Error {
         Error::storage(format!("stage {stage}"), text)
     } else if lower.contains("parquet") || lower.contains("cast") || lower.contains("arrow error") {
         Error::DataLimit(format!("while computing {stage}: {text}"))
+    } else if lower.contains("transport error")
+        || (lower.contains("job ") && lower.contains(" failed:"))
+    {
+        // A Ballista job that failed for a cluster reason (lost executors, an
+        // unreachable scheduler): nothing was committed, so a retry is safe.
+        Error::storage(format!("Ballista cluster, stage {stage}"), text)
     } else {
         Error::internal(stage, text)
     }
@@ -119,32 +124,54 @@ async fn view(
     Ok(())
 }
 
-fn rules_table(rules: &Rules) -> Result<MemTable> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("rule_index", DataType::Int64, false),
-        Field::new("conversion_name", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(Int64Array::from_iter_values(1..=rules.rules.len() as i64)),
-            Arc::new(StringArray::from_iter_values(
-                rules.rules.iter().map(|r| r.name.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rules.rules.iter().map(|r| r.kind.as_str()),
-            )),
-        ],
+/// The rule list as a VALUES query: a plan that also travels to Ballista
+/// executors, which cannot read in-memory tables.
+fn rules_table_sql(rules: &Rules) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let rows: Vec<String> = rules
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "({}, {}, {})",
+                i + 1,
+                quote(&r.name),
+                quote(r.kind.as_str())
+            )
+        })
+        .collect();
+    format!(
+        "SELECT CAST(column1 AS BIGINT) AS rule_index, column2 AS conversion_name, column3 AS kind \
+         FROM (VALUES {})",
+        rows.join(", ")
     )
-    .map_err(|e| Error::internal("rules table", e))?;
-    MemTable::try_new(schema, vec![vec![batch]]).map_err(|e| Error::internal("rules table", e))
+}
+
+/// Where stages that are read several times are kept: in memory, or (on
+/// Ballista, which cannot cache) as Parquet under this run's staging directory.
+enum Materialize<'a> {
+    InMemory,
+    Staged {
+        out: &'a Location,
+        dir: object_store::path::Path,
+    },
 }
 
 /// Registers every stage view; `attributed_events` is computed once and kept in memory.
-async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) -> Result<()> {
-    ctx.register_table("conversion_rules", Arc::new(rules_table(&cfg.rules)?))
-        .map_err(|e| Error::internal("rules table", e))?;
+async fn build_stages(
+    ctx: &SessionContext,
+    cfg: &JobConfig,
+    date: NaiveDate,
+    keep: &Materialize<'_>,
+) -> Result<()> {
+    view(
+        ctx,
+        "conversion_rules",
+        &rules_table_sql(&cfg.rules),
+        vec![],
+    )
+    .await?;
     let lookback_us = ScalarValue::Int64(Some(cfg.lookback_days as i64 * 86_400 * 1_000_000));
     view(ctx, "checked_events", queries::CHECKED_EVENTS, vec![]).await?;
     let valid = fill(
@@ -155,9 +182,10 @@ async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) ->
         ],
     );
     view(ctx, "valid_events", &valid, vec![]).await?;
-    materialize(ctx, "duplicate_ids", queries::DUPLICATE_IDS, vec![]).await?;
+    materialize(ctx, keep, "duplicate_ids", queries::DUPLICATE_IDS, vec![]).await?;
     materialize(
         ctx,
+        keep,
         "candidates",
         queries::CANDIDATES,
         vec![date_param(date)],
@@ -188,7 +216,14 @@ async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) ->
     ctx.register_table("last_touch", last_touch.into_view())
         .map_err(|e| Error::internal("last_touch", e))?;
     view(ctx, "assisted", queries::ASSISTED, vec![lookback_us]).await?;
-    materialize(ctx, "attributed_events", queries::ATTRIBUTED_EVENTS, vec![]).await?;
+    materialize(
+        ctx,
+        keep,
+        "attributed_events",
+        queries::ATTRIBUTED_EVENTS,
+        vec![],
+    )
+    .await?;
     Ok(())
 }
 
@@ -196,6 +231,7 @@ async fn build_stages(ctx: &SessionContext, cfg: &JobConfig, date: NaiveDate) ->
 /// read it several times (DataFusion would otherwise recompute a view per use).
 async fn materialize(
     ctx: &SessionContext,
+    keep: &Materialize<'_>,
     name: &str,
     text: &str,
     params: Vec<ScalarValue>,
@@ -204,14 +240,20 @@ async fn materialize(
     if std::env::var_os("CONVMART_EXPLAIN").is_some() {
         explain(ctx, name, text, params.clone()).await?;
     }
-    let df = sql(ctx, name, text, params)
-        .await?
-        .cache()
-        .await
-        .map_err(|e| query_error(name, e))?;
-    let rows = df.clone().count().await.map_err(|e| query_error(name, e))?;
-    ctx.register_table(name, df.into_view())
-        .map_err(|e| Error::internal(name, e))?;
+    let df = sql(ctx, name, text, params).await?;
+    let rows = match keep {
+        Materialize::InMemory => {
+            let df = df.cache().await.map_err(|e| query_error(name, e))?;
+            let rows = df.clone().count().await.map_err(|e| query_error(name, e))? as u64;
+            ctx.register_table(name, df.into_view())
+                .map_err(|e| Error::internal(name, e))?;
+            rows
+        }
+        Materialize::Staged { out, dir } => {
+            let url = format!("{}/", out.url_of(&dir.clone().join(name)));
+            engine::write_and_register(ctx, name, df, &url).await?
+        }
+    };
     info!(
         stage = name,
         rows,
@@ -291,14 +333,21 @@ async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
     );
     cfg.rules.check_against(&input.schema)?;
 
-    let ctx = engine::session(cfg.memory_limit)?;
+    let ctx = engine::session(cfg.memory_limit, cfg.scheduler.as_deref()).await?;
     cfg.output.register(&ctx);
     engine::register_input(&ctx, &cfg.input, &input).await?;
 
     let files = input.files.clone();
     let lock = DateLock::acquire(&cfg.output, date, &run_id).await?;
+    let keep = match cfg.scheduler {
+        None => Materialize::InMemory,
+        Some(_) => Materialize::Staged {
+            out: &cfg.output,
+            dir: output::work_dir(&cfg.output, date, &run_id),
+        },
+    };
     let result = async {
-        build_stages(&ctx, cfg, date).await?;
+        build_stages(&ctx, cfg, date, &keep).await?;
         stage_and_commit(&ctx, cfg, date, &run_id, started_at, input, &lock).await
     }
     .await;

@@ -3,6 +3,8 @@
 //! The binary (`src/main.rs`) is a thin shell over these modules, one per stage.
 
 pub mod cli;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod commands;
 pub mod engine;
 pub mod error;

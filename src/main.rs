@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONVMART_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,datafusion=warn,object_store=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,datafusion=warn,object_store=warn,ballista::extension=warn,ballista_core::execution_plans=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -32,8 +34,11 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
+    // Deep plans (and Ballista's plan decoding in the scheduler) recurse far
+    // beyond tokio's default 2 MiB worker stacks; this is address space only.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(32 << 20)
         .build()
         .expect("tokio runtime");
     let outcome: Result<()> = runtime.block_on(async {
@@ -41,6 +46,8 @@ fn main() -> ExitCode {
             Command::Run(args) => convmart::commands::run(args).await,
             Command::Validate(args) => convmart::commands::validate(args).await,
             Command::Generate(args) => convmart::commands::generate(args).await,
+            Command::Scheduler(args) => convmart::commands::scheduler(args).await,
+            Command::Executor(args) => convmart::commands::executor(args).await,
             Command::ScanFloor(args) => convmart::commands::scan_floor(args).await,
         }
     });

@@ -98,6 +98,12 @@ fn staging_root(out: &Location, date: NaiveDate, run_id: &str) -> Path {
     staging_of_date(out, date).join(run_id)
 }
 
+/// Where a Ballista run keeps the stages it reads several times (removed with
+/// the rest of the run's staging).
+pub fn work_dir(out: &Location, date: NaiveDate, run_id: &str) -> Path {
+    staging_root(out, date, run_id).join("_work")
+}
+
 /// Streams `df` into a staged Parquet file for `table`.
 pub async fn stage_table(
     out: &Location,

@@ -4,12 +4,15 @@
 //! unreachable endpoint fails within seconds to minutes, not never.
 
 use crate::error::{Error, Result};
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::prelude::SessionContext;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use url::Url;
 
@@ -127,6 +130,56 @@ impl Location {
         if !self.is_local() {
             ctx.register_object_store(&self.store_url, self.store.clone());
         }
+    }
+}
+
+/// An object-store registry that builds stores on demand from a URL: local
+/// disk for `file://`, and for `s3://bucket` a store made from this process's
+/// `AWS_*` variables, exactly as for `--input`/`--output`. Ballista executors
+/// and the scheduler use it, so they reach the same buckets as the client.
+#[derive(Debug, Default)]
+pub struct StoreRegistry {
+    stores: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+fn registry_key(url: &Url) -> String {
+    format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""))
+}
+
+impl ObjectStoreRegistry for StoreRegistry {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.stores
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(registry_key(url), store)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        let key = registry_key(url);
+        if let Some(store) = self
+            .stores
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(store.clone());
+        }
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => Arc::new(LocalFileSystem::new()),
+            "s3" => s3_store(url.host_str().unwrap_or(""))
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            other => {
+                return Err(DataFusionError::Configuration(format!(
+                    "no object store for '{other}://' URLs ({url}); convmart reads s3:// and local files"
+                )))
+            }
+        };
+        let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
+        Ok(stores.entry(key).or_insert(store).clone())
     }
 }
 
