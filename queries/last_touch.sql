@@ -35,7 +35,7 @@ before_first AS (
   WHERE ts_us < first_ts
   GROUP BY user_key
 ),
-candidates AS (
+touch_options AS (
   SELECT e.event_id, e.ts_us AS event_ts, t.ts_us, t.event_id AS touch_id
   FROM targets AS e
   JOIN touches AS t
@@ -51,7 +51,7 @@ best AS (
   SELECT
     event_id,
     first_value(touch_id ORDER BY ts_us DESC, touch_id DESC) AS touch_id
-  FROM candidates
+  FROM touch_options
   GROUP BY event_id
   HAVING max(ts_us) >= max(event_ts) - CAST($1 AS BIGINT)
 )

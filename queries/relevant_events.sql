@@ -1,4 +1,4 @@
--- Stage: relevant_events (view over the in-memory candidates). SPEC §3.2
+-- Stage: relevant_events (materialised once; last_touch and assisted read it). SPEC §3.2
 -- dedup: one survivor per event_id, the copy with the earliest event_time,
 -- then the earliest partition. Copies still tied are ordered by the other
 -- SPEC columns in SPEC order, NULLs last (a copy that carries a value beats

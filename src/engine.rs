@@ -32,10 +32,22 @@ pub async fn session(
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_target_partitions(cpus)
         .with_batch_size(8192)
         .with_information_schema(false);
+    if let Some(limit) = memory_limit {
+        // Every sort holds back a merge reservation (10 MiB by default) from
+        // the pool; scale it to the limit so small limits still work. Joins
+        // stay hash joins: their build sides here are the small tables
+        // (duplicated ids, users of D, rules), and DataFusion's sort-merge
+        // join would instead sort the 30-day input.
+        let reservation = (limit / 128).clamp(256 << 10, 10 << 20) as u64;
+        config = config.set_u64(
+            "datafusion.execution.sort_spill_reservation_bytes",
+            reservation,
+        );
+    }
     // The input's file list goes into the list-files cache (see
     // register_input); make room for large inputs.
     let mut runtime = RuntimeEnvBuilder::new()

@@ -191,7 +191,18 @@ async fn build_stages(
         vec![date_param(date)],
     )
     .await?;
-    view(ctx, "relevant_events", queries::RELEVANT_EVENTS, vec![]).await?;
+    // Kept too: last_touch and assisted read it several times each.
+    materialize(
+        ctx,
+        keep,
+        "relevant_events",
+        queries::RELEVANT_EVENTS,
+        vec![],
+    )
+    .await?;
+    // Only relevant_events reads candidates; let its rows go.
+    ctx.deregister_table("candidates")
+        .map_err(|e| Error::internal("candidates", e))?;
     view(
         ctx,
         "report_events",
@@ -199,6 +210,18 @@ async fn build_stages(
         vec![date_param(date)],
     )
     .await?;
+    if cfg.memory_limit.is_some() {
+        // From here on the joins are between big tables (events of D, their
+        // touches); their hash-join build sides could not spill, so a
+        // bounded run uses sort-merge joins, which can. (Earlier stages join
+        // big inputs to small tables, where hash joins are the lean choice.)
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .prefer_hash_join = false;
+    }
     let last_touch = sql(
         ctx,
         "last_touch",
@@ -339,12 +362,22 @@ async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
 
     let files = input.files.clone();
     let lock = DateLock::acquire(&cfg.output, date, &run_id).await?;
-    let keep = match cfg.scheduler {
-        None => Materialize::InMemory,
-        Some(_) => Materialize::Staged {
+    // Under a memory limit, stages read several times go to local Parquet
+    // files (removed when `spill` drops) instead of memory the pool cannot see.
+    let spill = match (&cfg.scheduler, cfg.memory_limit) {
+        (None, Some(_)) => Some(spill_location()?),
+        _ => None,
+    };
+    let keep = match (&cfg.scheduler, &spill) {
+        (Some(_), _) => Materialize::Staged {
             out: &cfg.output,
             dir: output::work_dir(&cfg.output, date, &run_id),
         },
+        (None, Some((_dir, loc))) => Materialize::Staged {
+            out: loc,
+            dir: loc.prefix.clone(),
+        },
+        (None, None) => Materialize::InMemory,
     };
     let result = async {
         build_stages(&ctx, cfg, date, &keep).await?;
@@ -365,6 +398,17 @@ async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
         }
         other => other,
     }
+}
+
+/// A fresh directory under the system temp dir (`TMPDIR`) for the stages a
+/// memory-limited run keeps on disk.
+fn spill_location() -> Result<(tempfile::TempDir, Location)> {
+    let dir = tempfile::Builder::new()
+        .prefix("convmart-stages-")
+        .tempdir()
+        .map_err(|e| Error::argument("--memory-limit", format!("cannot create a directory for intermediate stages under {} ({e}); set TMPDIR to a writable disk", std::env::temp_dir().display())))?;
+    let loc = Location::parse("TMPDIR", &dir.path().display().to_string())?;
+    Ok((dir, loc))
 }
 
 async fn stage_and_commit(
