@@ -12,7 +12,7 @@ runs, on the last generated date with lookback 30:
   convmart-s3     the same with input and output on SeaweedFS (loopback)
   convmart-ballista  the same on a Ballista cluster on this machine: `convmart
                   scheduler` + 2 `convmart executor`s (each --concurrent-tasks = nproc/2),
-                  started once per invocation; peak RSS is the client's only
+                  started for each of its runs; peak RSS is the client's only
   duckdb          bench/reference_duckdb.py (independent SPEC implementation), DuckDB threads = nproc
   polars          bench/reference_polars.py, if present (POLARS_MAX_THREADS = nproc)
   floor           `convmart scan-floor`: only read and decode the columns the job needs
@@ -382,7 +382,9 @@ class Ballista:
         os.environ["CONVMART_BIN"] = str(binary)
         shutil.rmtree(WORK / "ballista", ignore_errors=True)
         per_executor = max(1, (os.cpu_count() or 2) // 2)
-        self.cluster = Cluster(workdir=WORK / "ballista", env={}, concurrent_tasks=per_executor)
+        # A generous timeout: other engines' runs starve the executors' heartbeats.
+        self.cluster = Cluster(workdir=WORK / "ballista", env={}, concurrent_tasks=per_executor,
+                               executor_timeout_secs=120)
 
     def start(self):
         log("starting a Ballista scheduler and 2 executors on loopback")
@@ -527,9 +529,16 @@ def bench_workload(wl: Workload, args, binary: Path, s3: S3 | None, commands: li
             err = logs / f"{engine}-{rep + 1}.err"
             warm_cache(data)  # a peer's memory use may have evicted the inputs
             log(f"{wl.name}: {engine} (repeat {rep + 1}/{args.repeat})")
+            if engine == "convmart-ballista":
+                # Up only for its own runs: idle executors must not hold memory
+                # or CPU while the other engines are measured.
+                BALLISTA.start()
+                cmd = engine_cmd(engine, binary, wl, data, out)
             rc, wall, rss, stdout, others = run_measured(cmd, env=env, cwd=wl.dir, stderr_path=err,
                                                  timeout=args.timeout,
                                                  rss_limit_kib=int(args.rss_guard_gib * 2**20))
+            if engine == "convmart-ballista":
+                BALLISTA.stop()
             r = rows[engine]
             r.rss_kib.append(rss)
             r.others.append(others)
@@ -690,7 +699,11 @@ engine's four output tables equal DuckDB's (doubles within 1e-9 relative).
 *others' CPU* is the busiest repeat's CPU time used by every other process
 during the run, as a share of wall × cores (from /proc/stat minus the run's own
 rusage): near 0% means the figure is clean; for `convmart-s3` it includes the
-SeaweedFS server, which is part of that setup.
+SeaweedFS server, which is part of that setup. `convmart-ballista` runs the
+same job on a Ballista cluster on this machine (one `convmart scheduler`, two
+`convmart executor`s with nproc/2 concurrent tasks each, started for each of
+its runs and stopped after it): its *peak RSS* is the client's only, and the executors' work
+shows up as *others' CPU*.
 The page cache is warm (every input file is read before each run), runs are
 sequential and interleaved across repeats; the load average before/after is
 recorded because other work on this machine distorts wall times.
@@ -811,7 +824,7 @@ def main() -> int:
         if "convmart-s3" in args.engines:
             s3 = S3().start()
         if "convmart-ballista" in args.engines:
-            BALLISTA = Ballista(binary).start()
+            BALLISTA = Ballista(binary)  # started around each of its runs
         for preset in presets:
             started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             sizes = [n for n in PRESETS[preset] if not args.max_per_day or n <= args.max_per_day]

@@ -46,6 +46,7 @@ class Cluster:
     env: dict[str, str]
     executors: int = 2
     concurrent_tasks: int = 2
+    executor_timeout_secs: int = 10
     scheduler_port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
@@ -66,7 +67,7 @@ class Cluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.scheduler_port,) = free_ports(1)
         self._spawn("scheduler", "scheduler", "--port", str(self.scheduler_port),
-                    "--executor-timeout-secs", "10")
+                    "--executor-timeout-secs", str(self.executor_timeout_secs))
         self._wait(lambda: _listening(self.scheduler_port), "scheduler", timeout)
         for i in range(self.executors):
             flight, grpc = free_ports(2)
