@@ -107,6 +107,7 @@ class Cluster:
     def stop(self) -> None:
         for name in list(self.procs):
             self.kill(name)
+        self.procs.clear()  # a later start() must not see these as crashed
 
 
 @pytest.fixture(scope="module")
