@@ -1,6 +1,6 @@
-//! The DataFusion session: configuration, memory pool, and the input table
-//! `events_in` (the union of one listing table per partition, each with its
-//! date as a literal `event_date`, so exactly the listed files are read).
+//! The DataFusion session (embedded, or a Ballista client): configuration,
+//! memory pool, the input table `events_in` (one listing table over the input
+//! root that reads exactly the checked files), and stages kept as Parquet.
 
 use crate::error::{Error, Result};
 use crate::input::{InputSet, PARTITION_COLUMN};
@@ -38,10 +38,10 @@ pub async fn session(
         .with_information_schema(false);
     if let Some(limit) = memory_limit {
         // Every sort holds back a merge reservation (10 MiB by default) from
-        // the pool; scale it to the limit so small limits still work. Joins
-        // stay hash joins: their build sides here are the small tables
-        // (duplicated ids, users of D, rules), and DataFusion's sort-merge
-        // join would instead sort the 30-day input.
+        // the pool; scale it to the limit so small limits still work. The
+        // early joins stay hash joins (their build sides are small tables;
+        // a sort-merge join would sort the 30-day input); job::build_stages
+        // switches the attribution joins to sort-merge.
         let reservation = (limit / 128).clamp(256 << 10, 10 << 20) as u64;
         config = config.set_u64(
             "datafusion.execution.sort_spill_reservation_bytes",
@@ -124,14 +124,13 @@ pub async fn register_input(
         },
         CachedFileList::new(input.files.iter().map(|f| f.meta.clone()).collect()),
     );
-    let format = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
-    let options = ListingOptions::new(Arc::new(format))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![(PARTITION_COLUMN.to_string(), DataType::Date32)]);
-    let config = ListingTableConfig::new(root)
-        .with_listing_options(options)
-        .with_schema(input.schema.clone());
-    let table = ListingTable::try_new(config).map_err(fail)?;
+    let table = parquet_table(
+        ctx,
+        root,
+        input.schema.clone(),
+        vec![(PARTITION_COLUMN.to_string(), DataType::Date32)],
+    )
+    .map_err(fail)?;
     ctx.register_table(table_ref, Arc::new(table))
         .map_err(fail)?;
     // The date range again, in case the cache entry were ever evicted.
@@ -176,12 +175,26 @@ pub async fn write_and_register(
         .flat_map(|a| a.iter().flatten())
         .sum();
     let fail = |e: datafusion::error::DataFusionError| Error::internal(name, e);
-    let format = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
-    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(ListingTableUrl::parse(url).map_err(fail)?)
-        .with_listing_options(options)
-        .with_schema(schema);
-    let table = ListingTable::try_new(config).map_err(fail)?;
+    let url = ListingTableUrl::parse(url).map_err(fail)?;
+    let table = parquet_table(ctx, url, schema, vec![]).map_err(fail)?;
     ctx.register_table(name, Arc::new(table)).map_err(fail)?;
     Ok(rows)
+}
+
+/// The `*.parquet` files under `root` as a table with a given schema (no
+/// footer-based inference), read with the session's Parquet options.
+fn parquet_table(
+    ctx: &SessionContext,
+    root: ListingTableUrl,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    partition_cols: Vec<(String, DataType)>,
+) -> datafusion::error::Result<ListingTable> {
+    let format = ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+    let options = ListingOptions::new(Arc::new(format))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(partition_cols);
+    let config = ListingTableConfig::new(root)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ListingTable::try_new(config)
 }

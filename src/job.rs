@@ -148,8 +148,10 @@ fn rules_table_sql(rules: &Rules) -> String {
     )
 }
 
-/// Where stages that are read several times are kept: in memory, or (on
-/// Ballista, which cannot cache) as Parquet under this run's staging directory.
+/// Where stages that are read several times are kept: in memory; as Parquet
+/// under this run's staging directory (Ballista, which cannot cache); or as
+/// Parquet in a local temp dir (`--memory-limit`, since the pool cannot see
+/// cached tables).
 enum Materialize<'a> {
     InMemory,
     Staged {
@@ -158,7 +160,8 @@ enum Materialize<'a> {
     },
 }
 
-/// Registers every stage view; `attributed_events` is computed once and kept in memory.
+/// Registers every stage; the ones read several times (duplicate_ids, candidates,
+/// relevant_events, attributed_events) are computed once and kept (`keep`).
 async fn build_stages(
     ctx: &SessionContext,
     cfg: &JobConfig,
@@ -250,8 +253,8 @@ async fn build_stages(
     Ok(())
 }
 
-/// Computes a stage once and keeps its rows in memory for the stages that
-/// read it several times (DataFusion would otherwise recompute a view per use).
+/// Computes a stage once and keeps its rows (as `keep` says) for the stages
+/// that read it several times (DataFusion would otherwise recompute a view per use).
 async fn materialize(
     ctx: &SessionContext,
     keep: &Materialize<'_>,
