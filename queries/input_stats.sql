@@ -1,5 +1,7 @@
 -- Stage: input_stats, for the run manifest: how many valid rows read (all
--- partitions) dedup drops (SPEC §3.2): every copy of an id but one.
--- Input: duplicate_ids. Grain: one row.
-SELECT CAST(coalesce(sum(copies - 1), 0) AS BIGINT) AS duplicates_dropped
-FROM duplicate_ids
+-- partitions) dedup drops (SPEC §3.2): every copy of an id but one. Every
+-- copy of a duplicated id is a candidate with has_copies set.
+-- Input: candidates. Grain: one row.
+SELECT CAST(count(*) - count(DISTINCT event_id) AS BIGINT) AS duplicates_dropped
+FROM candidates
+WHERE has_copies

@@ -8,12 +8,13 @@ use crate::cli::{ExecutorArgs, SchedulerArgs};
 use crate::error::{Error, Result};
 use crate::storage::StoreRegistry;
 use ballista::prelude::SessionContextExt;
+use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,11 +116,15 @@ pub async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
     };
     // The scheduler plans scans, so it lists input files itself.
     config = config.with_override_session_builder(Arc::new(|config: SessionConfig| {
-        Ok(SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime_with_stores(None)?)
             .with_default_features()
-            .build())
+            .build();
+        for f in crate::functions::all() {
+            state.register_udf(f)?;
+        }
+        Ok(state)
     }));
     let fail = |e: ballista_core::error::BallistaError| {
         Error::storage(format!("scheduler on {addr}"), e.to_string())
@@ -155,6 +160,7 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<()> {
         override_runtime_producer: Some(Arc::new(move |_config: &SessionConfig| {
             runtime_with_stores(producer_dir.clone())
         })),
+        override_function_registry: Some(Arc::new(function_registry())),
         ..Default::default()
     };
     let addr = format!("{}:{}", config.bind_host, config.port);
@@ -162,6 +168,15 @@ pub async fn run_executor(args: ExecutorArgs) -> Result<()> {
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| Error::storage(format!("executor on {addr}"), e.to_string()))
+}
+
+/// DataFusion's functions plus convmart's, for decoding task plans.
+fn function_registry() -> BallistaFunctionRegistry {
+    let mut registry = BallistaFunctionRegistry::default();
+    for f in crate::functions::all() {
+        registry.scalar_functions.insert(f.name().to_string(), f);
+    }
+    registry
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ pub async fn session(
         .with_target_partitions(cpus)
         .with_batch_size(8192)
         .with_information_schema(false);
+    // Row filters run inside the Parquet decoder, so the columns of dropped
+    // rows are never built and kept rows are not copied again by a separate
+    // filter; about 4 s of 50 on the S benchmark.
+    config = config.set_bool("datafusion.execution.parquet.pushdown_filters", true);
     if let Some(limit) = memory_limit {
         // Every sort holds back a merge reservation (10 MiB by default) from
         // the pool; scale it to the limit so small limits still work. The
@@ -63,10 +67,12 @@ pub async fn session(
     let runtime = runtime
         .build_arc()
         .map_err(|e| Error::internal("session", e))?;
-    match scheduler {
-        None => Ok(SessionContext::new_with_config_rt(config, runtime)),
-        Some(url) => cluster_session(config, runtime, url).await,
-    }
+    let ctx = match scheduler {
+        None => SessionContext::new_with_config_rt(config, runtime),
+        Some(url) => cluster_session(config, runtime, url).await?,
+    };
+    crate::functions::register(&ctx);
+    Ok(ctx)
 }
 
 #[cfg(feature = "ballista")]

@@ -124,30 +124,6 @@ async fn view(
     Ok(())
 }
 
-/// The rule list as a VALUES query: a plan that also travels to Ballista
-/// executors, which cannot read in-memory tables.
-fn rules_table_sql(rules: &Rules) -> String {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let rows: Vec<String> = rules
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            format!(
-                "({}, {}, {})",
-                i + 1,
-                quote(&r.name),
-                quote(r.kind.as_str())
-            )
-        })
-        .collect();
-    format!(
-        "SELECT CAST(column1 AS BIGINT) AS rule_index, column2 AS conversion_name, column3 AS kind \
-         FROM (VALUES {})",
-        rows.join(", ")
-    )
-}
-
 /// Where stages that are read several times are kept: in memory; as Parquet
 /// under this run's staging directory (Ballista, which cannot cache); or as
 /// Parquet in a local temp dir (`--memory-limit`, since the pool cannot see
@@ -162,19 +138,13 @@ enum Materialize<'a> {
 
 /// Registers every stage; the ones read several times (duplicate_ids, candidates,
 /// relevant_events, attributed_events) are computed once and kept (`keep`).
+/// Returns the manifest's duplicates_dropped.
 async fn build_stages(
     ctx: &SessionContext,
     cfg: &JobConfig,
     date: NaiveDate,
     keep: &Materialize<'_>,
-) -> Result<()> {
-    view(
-        ctx,
-        "conversion_rules",
-        &rules_table_sql(&cfg.rules),
-        vec![],
-    )
-    .await?;
+) -> Result<u64> {
     let lookback_us = ScalarValue::Int64(Some(cfg.lookback_days as i64 * 86_400 * 1_000_000));
     view(ctx, "checked_events", queries::CHECKED_EVENTS, vec![]).await?;
     let valid = fill(
@@ -182,6 +152,8 @@ async fn build_stages(
         &[
             ("RULE_INDEX", &cfg.rules.rule_index_sql()),
             ("RULE_VALUE", &cfg.rules.rule_value_sql("rule_index")),
+            ("RULE_NAME", &cfg.rules.rule_name_sql("rule_index")),
+            ("RULE_KIND", &cfg.rules.rule_kind_sql("rule_index")),
         ],
     );
     view(ctx, "valid_events", &valid, vec![]).await?;
@@ -203,7 +175,8 @@ async fn build_stages(
         vec![],
     )
     .await?;
-    // Only relevant_events reads candidates; let its rows go.
+    let duplicates_dropped = first_count(ctx, "input_stats", queries::INPUT_STATS).await?;
+    // Nothing reads candidates any more; let its rows go.
     ctx.deregister_table("candidates")
         .map_err(|e| Error::internal("candidates", e))?;
     view(
@@ -250,7 +223,23 @@ async fn build_stages(
         vec![],
     )
     .await?;
-    Ok(())
+    Ok(duplicates_dropped)
+}
+
+/// The first column of the first row of a one-row query (0 if it has none).
+async fn first_count(ctx: &SessionContext, stage: &str, text: &str) -> Result<u64> {
+    let batches = sql(ctx, stage, text, vec![])
+        .await?
+        .collect()
+        .await
+        .map_err(|e| query_error(stage, e))?;
+    let value = batches.first().and_then(|b| {
+        b.column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map(|a| a.value(0))
+    });
+    Ok(value.unwrap_or(0) as u64)
 }
 
 /// Computes a stage once and keeps its rows (as `keep` says) for the stages
@@ -383,8 +372,14 @@ async fn run_date(cfg: &JobConfig, date: NaiveDate) -> Result<DateSummary> {
         (None, None) => Materialize::InMemory,
     };
     let result = async {
-        build_stages(&ctx, cfg, date, &keep).await?;
-        stage_and_commit(&ctx, cfg, date, &run_id, started_at, input, &lock).await
+        let duplicates_dropped = build_stages(&ctx, cfg, date, &keep).await?;
+        let run = RunFacts {
+            date,
+            run_id: &run_id,
+            started_at,
+            duplicates_dropped,
+        };
+        stage_and_commit(&ctx, cfg, &run, input, &lock).await
     }
     .await;
     if result.is_err() {
@@ -414,15 +409,27 @@ fn spill_location() -> Result<(tempfile::TempDir, Location)> {
     Ok((dir, loc))
 }
 
+/// What one date's run knows before its tables are written.
+struct RunFacts<'a> {
+    date: NaiveDate,
+    run_id: &'a str,
+    started_at: chrono::DateTime<Utc>,
+    duplicates_dropped: u64,
+}
+
 async fn stage_and_commit(
     ctx: &SessionContext,
     cfg: &JobConfig,
-    date: NaiveDate,
-    run_id: &str,
-    started_at: chrono::DateTime<Utc>,
+    run: &RunFacts<'_>,
     input: InputSet,
     lock: &DateLock,
 ) -> Result<DateSummary> {
+    let RunFacts {
+        date,
+        run_id,
+        started_at,
+        duplicates_dropped,
+    } = *run;
     let mut tables = BTreeMap::new();
     let mut rejected_rows = BTreeMap::new();
     for table in output::TABLES {
@@ -490,21 +497,6 @@ async fn stage_and_commit(
             )));
         }
     }
-    let stats = sql(ctx, "input_stats", queries::INPUT_STATS, vec![])
-        .await?
-        .collect()
-        .await
-        .map_err(|e| query_error("input_stats", e))?;
-    let duplicates_dropped = stats
-        .first()
-        .and_then(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .map(|a| a.value(0))
-        })
-        .unwrap_or(0) as u64;
-
     let manifest = Manifest {
         job: "convmart",
         version: env!("CARGO_PKG_VERSION"),

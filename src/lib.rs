@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod commands;
 pub mod engine;
 pub mod error;
+pub mod functions;
 pub mod generate;
 pub mod input;
 pub mod job;

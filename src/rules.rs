@@ -218,6 +218,28 @@ impl Rules {
         sql.push_str(" END");
         format!("coalesce({sql}, CAST(0 AS DOUBLE))")
     }
+
+    /// SQL for the matched rule's name (NULL when no rule matched).
+    pub fn rule_name_sql(&self, index_column: &str) -> String {
+        self.label_sql(index_column, |r| &r.name)
+    }
+
+    /// SQL for the matched rule's kind, 'hard' or 'soft' (NULL when no rule matched).
+    pub fn rule_kind_sql(&self, index_column: &str) -> String {
+        self.label_sql(index_column, |r| r.kind.as_str())
+    }
+
+    // A CASE on the rule index instead of a join with a rule table: one
+    // integer comparison per row, no copy of the wide rows a join would make.
+    fn label_sql(&self, index_column: &str, label: impl Fn(&Rule) -> &str) -> String {
+        let mut sql = format!("CASE {index_column}");
+        for (i, r) in self.rules.iter().enumerate() {
+            let quoted = label(r).replace('\'', "''");
+            sql.push_str(&format!(" WHEN {} THEN '{quoted}'", i + 1));
+        }
+        sql.push_str(" END");
+        sql
+    }
 }
 
 /// Parses one SQL expression and prints it back. Rejects trailing text,
