@@ -210,36 +210,41 @@ impl Rules {
 
     /// SQL for the value of the matched rule, given the column holding the rule index.
     pub fn rule_value_sql(&self, index_column: &str) -> String {
-        let mut sql = format!("CASE {index_column}");
-        for (i, r) in self.rules.iter().enumerate() {
-            let v = r.value_sql.as_deref().unwrap_or("0");
-            sql.push_str(&format!(" WHEN {} THEN CAST(({v}) AS DOUBLE)", i + 1));
-        }
-        sql.push_str(" END");
-        format!("coalesce({sql}, CAST(0 AS DOUBLE))")
+        let value = self.case_on_index(index_column, |r| {
+            format!(
+                "CAST(({}) AS DOUBLE)",
+                r.value_sql.as_deref().unwrap_or("0")
+            )
+        });
+        format!("coalesce({value}, CAST(0 AS DOUBLE))")
     }
 
     /// SQL for the matched rule's name (NULL when no rule matched).
     pub fn rule_name_sql(&self, index_column: &str) -> String {
-        self.label_sql(index_column, |r| &r.name)
+        self.case_on_index(index_column, |r| quote(&r.name))
     }
 
     /// SQL for the matched rule's kind, 'hard' or 'soft' (NULL when no rule matched).
     pub fn rule_kind_sql(&self, index_column: &str) -> String {
-        self.label_sql(index_column, |r| r.kind.as_str())
+        self.case_on_index(index_column, |r| quote(r.kind.as_str()))
     }
 
-    // A CASE on the rule index instead of a join with a rule table: one
-    // integer comparison per row, no copy of the wide rows a join would make.
-    fn label_sql(&self, index_column: &str, label: impl Fn(&Rule) -> &str) -> String {
+    // `CASE index WHEN 1 THEN <of rule 1> ... END`: what a join with a rule
+    // table would give, as one integer comparison per row and without the
+    // copy of the wide rows that a join makes.
+    fn case_on_index(&self, index_column: &str, then: impl Fn(&Rule) -> String) -> String {
         let mut sql = format!("CASE {index_column}");
         for (i, r) in self.rules.iter().enumerate() {
-            let quoted = label(r).replace('\'', "''");
-            sql.push_str(&format!(" WHEN {} THEN '{quoted}'", i + 1));
+            sql.push_str(&format!(" WHEN {} THEN {}", i + 1, then(r)));
         }
         sql.push_str(" END");
         sql
     }
+}
+
+/// A SQL string literal.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// Parses one SQL expression and prints it back. Rejects trailing text,
